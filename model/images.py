@@ -1,0 +1,106 @@
+"""Decode one reference image safely: refuse local files, bombs and broken data; return upright RGB.
+
+Pure image logic (PIL), no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import urllib.parse
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from model.errors import InputError, show
+from model.tables import (
+    MAX_REFERENCE_PIXELS,
+    MIN_REFERENCE_SIDE,
+    REFERENCE_ASPECT_RANGE,
+    REFERENCE_SCHEMES,
+)
+
+
+def reference_field(index: int, tag: str | None) -> str:
+    """How errors name a reference: `reference_images[1] (@woman)`."""
+    return f"reference_images[{index}]" + (f" (@{tag})" if tag else "")
+
+
+def source_of(item: object) -> str:
+    """The URI a reference arrived as (Cog keeps it on the downloaded path as `.source`)."""
+    return str(getattr(item, "source", item))
+
+
+def check_source(item: object, field: str) -> pathlib.Path:
+    """The local file Cog downloaded for this reference, or an InputError.
+
+    Cog downloads http(s) and data: URIs before run() and hands over a path (a `URLPath` that
+    remembers its `source`, or a plain path to its download). Any other string, such as a local
+    path or a file:// URI, arrives as text: it is refused, never opened, so that a request cannot
+    read the server's files.
+    """
+    source = source_of(item)
+    scheme = urllib.parse.urlparse(source).scheme.lower() if hasattr(item, "source") else None
+    if isinstance(item, str) or not isinstance(item, os.PathLike) or scheme not in (None, *REFERENCE_SCHEMES):
+        raise InputError(
+            field,
+            f"{show(source)} is not an image URI: use an http(s) URL or a data: URI "
+            "(local files are never read)",
+        )
+    return pathlib.Path(os.fspath(item))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB; transparency is laid on white, 16-bit is scaled, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" or image.mode in ("LA", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def decode_reference(path: pathlib.Path, field: str) -> Image.Image:
+    """Open, check and decode a reference file into an upright RGB image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            width, height = image.size
+            # Check the declared size before decoding a single pixel.
+            if width * height > MAX_REFERENCE_PIXELS:
+                raise InputError(
+                    field,
+                    f"image is {width}x{height} pixels; at most {MAX_REFERENCE_PIXELS:,} "
+                    "pixels are accepted",
+                )
+            image.seek(0)  # animated images: the first frame
+            image.load()
+            image = ImageOps.exif_transpose(image)  # phone photos: upright before use
+    except InputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(field, "is not a decodable image (PNG, JPEG, WebP, GIF, ...)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError(field, f"image could not be decoded ({exc})") from None
+    width, height = image.size
+    if min(width, height) < MIN_REFERENCE_SIDE:
+        raise InputError(
+            field,
+            f"image is {width}x{height}; each side must be at least {MIN_REFERENCE_SIDE} pixels",
+        )
+    ratio = width / height
+    low, high = REFERENCE_ASPECT_RANGE
+    if not low <= ratio <= high:
+        raise InputError(
+            field,
+            f"aspect ratio {ratio:.2f} ({width}x{height}) is outside the allowed range "
+            f"{low} to {high} (width / height)",
+        )
+    return to_rgb(image)

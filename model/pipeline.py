@@ -1,0 +1,97 @@
+"""Load SDXL base + the fp16-fix VAE + IP-Adapter Plus (ViT-H) from the weights folder.
+
+One code path for the real weights and the tiny offline stand-ins; nothing is ever downloaded
+here (scripts/download_weights.py does that).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+from model.weights import (
+    IMAGE_ENCODER_SUBFOLDER,
+    IP_ADAPTER,
+    IP_ADAPTER_SUBFOLDER,
+    IP_ADAPTER_WEIGHT,
+    SDXL_BASE,
+    SDXL_VAE_FP16_FIX,
+    is_tiny,
+    missing_repos,
+)
+
+log = logging.getLogger(__name__)
+
+
+class MissingWeightsError(RuntimeError):
+    """The weights folder lacks a repository; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in what precision the model runs."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+
+def pick_runtime(device: str = "auto") -> Runtime:
+    """fp16 on CUDA (the fp16-fix VAE makes that safe end to end), fp32 on CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    return Runtime(device=dev, dtype=torch.float16 if dev.type == "cuda" else torch.float32)
+
+
+def check_weights(weights_dir: Path) -> None:
+    """Raise MissingWeightsError naming what is missing and the script that fetches it."""
+    missing = missing_repos(weights_dir)
+    if missing:
+        names = ", ".join(f"{r.repo_id} (expected {weights_dir / r.folder / r.marker})" for r in missing)
+        raise MissingWeightsError(
+            f"weights missing in {weights_dir}: {names}. Run `python scripts/download_weights.py "
+            f"--weights-dir {weights_dir}` to fetch them, or `python scripts/make_tiny_weights.py "
+            f"{weights_dir}` for tiny random test weights."
+        )
+
+
+def load_pipeline(weights_dir: Path, runtime: Runtime) -> StableDiffusionXLPipeline:
+    """The SDXL pipeline with IP-Adapter Plus loaded, on the runtime's device and dtype."""
+    check_weights(weights_dir)
+    # Local folders only: a missing file must fail here, not turn into a download.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    dtype = runtime.dtype
+    vae = AutoencoderKL.from_pretrained(weights_dir / SDXL_VAE_FP16_FIX.folder, torch_dtype=dtype)
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        weights_dir / SDXL_BASE.folder,
+        vae=vae,
+        torch_dtype=dtype,
+        variant="fp16",
+        use_safetensors=True,
+        add_watermarker=False,
+    )
+    pipe.load_ip_adapter(
+        str(weights_dir / IP_ADAPTER.folder),
+        subfolder=IP_ADAPTER_SUBFOLDER,
+        weight_name=IP_ADAPTER_WEIGHT,
+        image_encoder_folder=IMAGE_ENCODER_SUBFOLDER,
+        torch_dtype=dtype,
+    )
+    pipe.to(runtime.device, dtype)
+    if runtime.device.type == "cuda":
+        # SDPA is diffusers' default attention on torch 2; channels_last helps the convolutions.
+        pipe.unet.to(memory_format=torch.channels_last)
+    pipe.set_progress_bar_config(disable=True)
+    log.info(
+        "loaded %s weights from %s on %s (%s)",
+        "tiny random" if is_tiny(weights_dir) else "real",
+        weights_dir,
+        runtime.device,
+        dtype,
+    )
+    return pipe

@@ -1,0 +1,137 @@
+"""Stage 1: check every request field before any model work, and decode the references.
+
+Each failure is an InputError naming the field, the value and the rule. Pure: no torch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from model.errors import InputError, show
+from model.images import check_source, decode_reference, reference_field, source_of
+from model.prompt import ParsedPrompt, find_mentions, parse_prompt
+from model.tables import (
+    ASPECT_RATIOS,
+    MAX_REFERENCES,
+    RESOLUTIONS,
+    SEED_RANGE,
+    TAG_PATTERN,
+    TAG_RULE,
+    output_size,
+)
+
+_TAG_RE = re.compile(TAG_PATTERN)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request as it arrives: the interface's fields, unchecked."""
+
+    prompt: str
+    resolution: str
+    aspect_ratio: str
+    reference_tags: Sequence[str] = ()
+    reference_images: Sequence[object] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One decoded reference image, its position in the request and its tag, if any."""
+
+    index: int
+    tag: str | None
+    image: Image.Image
+    source: str
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    """A request that passed every check."""
+
+    prompt: ParsedPrompt
+    resolution: str
+    aspect_ratio: str
+    width: int
+    height: int
+    references: tuple[Reference, ...]
+    seed: int | None
+
+
+def _check_choice(field: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise InputError(field, f"{show(value)} is not allowed; choose one of {', '.join(allowed)}")
+
+
+def check_fields(request: Request) -> None:
+    """Every check that needs no image data, cheapest first."""
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        raise InputError("prompt", f"{show(request.prompt)} is empty; describe the image to make")
+    _check_choice("resolution", request.resolution, RESOLUTIONS)
+    _check_choice("aspect_ratio", request.aspect_ratio, ASPECT_RATIOS)
+    low, high = SEED_RANGE
+    if request.seed is not None and not low <= request.seed <= high:
+        raise InputError("seed", f"{request.seed} is out of range; use {low} to {high}")
+
+    images, tags = list(request.reference_images), list(request.reference_tags)
+    if len(images) > MAX_REFERENCES:
+        raise InputError(
+            "reference_images", f"{len(images)} images given; at most {MAX_REFERENCES} are allowed"
+        )
+    if len(tags) > len(images):
+        raise InputError(
+            "reference_tags",
+            f"{len(tags)} tags given for {len(images)} image(s); give at most one tag per image",
+        )
+    seen: dict[str, int] = {}
+    for i, tag in enumerate(tags):
+        if not isinstance(tag, str) or not _TAG_RE.match(tag):
+            raise InputError(f"reference_tags[{i}]", f"{show(tag)} is not a valid tag: {TAG_RULE}")
+        if tag in seen:
+            raise InputError(
+                f"reference_tags[{i}]", f"{show(tag)} repeats reference_tags[{seen[tag]}]; tags must be unique"
+            )
+        seen[tag] = i
+
+    unknown = [m for m in find_mentions(request.prompt) if m not in seen]
+    if unknown:
+        available = ", ".join(f"@{t}" for t in tags) if tags else "none (no reference_tags given)"
+        raise InputError(
+            "prompt",
+            f"mentions @{unknown[0]}, which is not one of the reference tags; available: {available}",
+        )
+
+
+def validate_request(request: Request) -> ValidRequest:
+    """Check the request and decode its references; raise InputError on the first problem."""
+    check_fields(request)
+    tags: list[str | None] = list(request.reference_tags)
+    tags += [None] * (len(request.reference_images) - len(tags))
+    # Every source is checked before any image is opened: never touch a file for a refused request.
+    paths = [
+        check_source(item, reference_field(i, tag))
+        for i, (item, tag) in enumerate(zip(request.reference_images, tags, strict=True))
+    ]
+    references = tuple(
+        Reference(
+            index=i,
+            tag=tag,
+            image=decode_reference(path, reference_field(i, tag)),
+            source=source_of(item),
+        )
+        for i, (item, tag, path) in enumerate(zip(request.reference_images, tags, paths, strict=True))
+    )
+    width, height = output_size(request.resolution, request.aspect_ratio)
+    return ValidRequest(
+        prompt=parse_prompt(request.prompt),
+        resolution=request.resolution,
+        aspect_ratio=request.aspect_ratio,
+        width=width,
+        height=height,
+        references=references,
+        seed=request.seed,
+    )

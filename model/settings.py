@@ -1,0 +1,66 @@
+"""Server-side settings, read once from environment variables.
+
+The request interface is exactly Replicate's; everything else a deployment may tune comes from
+here, each with a documented default (see README, "Settings").
+Pure: no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+OUTPUT_FORMATS = ("png", "jpg", "webp")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Deployment settings. Field name `x` is read from the environment variable `GEN4_X`,
+    except `weights_dir`, which is `WEIGHTS_DIR` as the Cog convention goes."""
+
+    weights_dir: Path = Path("weights")
+    steps: int = 30  # SDXL base reaches its quality plateau near 30 Euler steps
+    guidance: float = 5.0  # SDXL's recommended CFG range is 5 to 7; IP-Adapter favours the low end
+    ip_adapter_scale: float = 0.6  # h94 recommends 0.5 to 0.7 for Plus when text must still steer
+    output_format: str = "png"  # Replicate's output is PNG
+    device: str = "auto"  # auto: cuda when available, else cpu
+    reference_cache_size: int = 64  # encoded references kept (LRU); about 0.7 MB each in fp16
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"GEN4_STEPS must be at least 1, got {self.steps}")
+        if self.guidance < 0:
+            raise ValueError(f"GEN4_GUIDANCE must be >= 0, got {self.guidance}")
+        if self.ip_adapter_scale < 0:
+            raise ValueError(f"GEN4_IP_ADAPTER_SCALE must be >= 0, got {self.ip_adapter_scale}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(
+                f"GEN4_OUTPUT_FORMAT must be one of {', '.join(OUTPUT_FORMATS)}, "
+                f"got {self.output_format!r}"
+            )
+        if self.reference_cache_size < 1:
+            raise ValueError(
+                f"GEN4_REFERENCE_CACHE_SIZE must be at least 1, got {self.reference_cache_size}"
+            )
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets a Settings field."""
+    return "WEIGHTS_DIR" if field_name == "weights_dir" else f"GEN4_{field_name.upper()}"
+
+
+def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
+    """Settings with every field that has an environment variable set taken from it."""
+    environ = dict(os.environ) if environ is None else environ
+    values: dict[str, object] = {}
+    for field in fields(Settings):
+        raw = environ.get(env_name(field.name))
+        if raw is None or raw == "":
+            continue
+        convert = {"int": int, "float": float, "Path": Path}.get(str(field.type), str)
+        try:
+            values[field.name] = convert(raw.strip().lower() if convert is str else raw)
+        except ValueError as exc:
+            raise ValueError(f"{env_name(field.name)}={raw!r} is not a valid {field.type}") from exc
+    return Settings(**values)  # type: ignore[arg-type]

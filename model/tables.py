@@ -1,0 +1,59 @@
+"""The tables of the interface: output sizes, limits, defaults. Each exists once, here.
+
+Pure data: no torch, no PIL.
+"""
+
+from __future__ import annotations
+
+# Output pixel size (width, height) for each (resolution, aspect_ratio), as Runway's Gen-4 Image
+# API defines them. The output must have exactly these dimensions.
+OUTPUT_SIZES: dict[str, dict[str, tuple[int, int]]] = {
+    "720p": {
+        "16:9": (1280, 720),
+        "9:16": (720, 1280),
+        "4:3": (960, 720),
+        "3:4": (720, 960),
+        "1:1": (720, 720),
+        "21:9": (1680, 720),
+    },
+    "1080p": {
+        "16:9": (1920, 1080),
+        "9:16": (1080, 1920),
+        "4:3": (1440, 1080),
+        "3:4": (1080, 1440),
+        "1:1": (1080, 1080),
+        "21:9": (2112, 912),
+    },
+}
+
+RESOLUTIONS: tuple[str, ...] = ("720p", "1080p")
+ASPECT_RATIOS: tuple[str, ...] = ("16:9", "9:16", "4:3", "3:4", "1:1", "21:9")
+DEFAULT_RESOLUTION = "1080p"
+DEFAULT_ASPECT_RATIO = "16:9"
+
+MAX_REFERENCES = 3
+TAG_PATTERN = r"^[A-Za-z][A-Za-z0-9]{2,14}$"
+TAG_RULE = "3 to 15 letters or digits, starting with a letter"
+# A reference's width / height must lie in this closed range.
+REFERENCE_ASPECT_RANGE: tuple[float, float] = (0.5, 2.0)
+# Smallest side a reference may have: below this the image encoder sees noise, not a subject.
+MIN_REFERENCE_SIDE = 32
+# Largest decoded reference, in pixels: guards against decompression bombs (a few-KB PNG that
+# declares 30000x30000 pixels). 40 MP admits any camera photo.
+MAX_REFERENCE_PIXELS = 40_000_000
+# Runway's API accepts seeds 0..4294967295 (32-bit unsigned).
+SEED_RANGE: tuple[int, int] = (0, 4_294_967_295)
+# Schemes a reference image may arrive with. Cog downloads these before run(); any other string
+# (a local path, file://) is refused so that the server never reads local files.
+REFERENCE_SCHEMES: tuple[str, ...] = ("http", "https", "data")
+
+
+def output_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
+    """(width, height) of the output for a validated resolution and aspect ratio."""
+    return OUTPUT_SIZES[resolution][aspect_ratio]
+
+
+def ratio_label(resolution: str, aspect_ratio: str) -> str:
+    """Runway's `ratio` string for an entry, e.g. '1440:1080'."""
+    width, height = output_size(resolution, aspect_ratio)
+    return f"{width}:{height}"

@@ -1,0 +1,74 @@
+"""Where each weight lives: one layout table serves the downloader, the tiny builder and the loader.
+
+Every entry is a Hugging Face repository mirrored under the weights folder in its own layout.
+Pure: no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class WeightsRepo:
+    """A Hugging Face repository, the folder it lands in and the files taken from it."""
+
+    repo_id: str
+    folder: str
+    allow_patterns: tuple[str, ...]
+    # A file whose presence means the folder is complete (checked before loading).
+    marker: str
+
+
+SDXL_BASE = WeightsRepo(
+    repo_id="stabilityai/stable-diffusion-xl-base-1.0",
+    folder="stable-diffusion-xl-base-1.0",
+    # The fp16 variant only; the fp16-fix VAE below replaces the base VAE.
+    allow_patterns=(
+        "model_index.json",
+        "scheduler/*",
+        "tokenizer/*",
+        "tokenizer_2/*",
+        "text_encoder/config.json",
+        "text_encoder/model.fp16.safetensors",
+        "text_encoder_2/config.json",
+        "text_encoder_2/model.fp16.safetensors",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+    ),
+    marker="unet/diffusion_pytorch_model.fp16.safetensors",
+)
+# SDXL's own VAE overflows in fp16 and diffusers then upcasts it to fp32; this one does not.
+SDXL_VAE_FP16_FIX = WeightsRepo(
+    repo_id="madebyollin/sdxl-vae-fp16-fix",
+    folder="sdxl-vae-fp16-fix",
+    allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
+    marker="diffusion_pytorch_model.safetensors",
+)
+IP_ADAPTER_SUBFOLDER = "sdxl_models"
+IP_ADAPTER_WEIGHT = "ip-adapter-plus_sdxl_vit-h.safetensors"
+IMAGE_ENCODER_SUBFOLDER = "models/image_encoder"
+IP_ADAPTER = WeightsRepo(
+    repo_id="h94/IP-Adapter",
+    folder="IP-Adapter",
+    allow_patterns=(
+        f"{IP_ADAPTER_SUBFOLDER}/{IP_ADAPTER_WEIGHT}",
+        f"{IMAGE_ENCODER_SUBFOLDER}/config.json",
+        f"{IMAGE_ENCODER_SUBFOLDER}/model.safetensors",
+    ),
+    marker=f"{IP_ADAPTER_SUBFOLDER}/{IP_ADAPTER_WEIGHT}",
+)
+ALL_REPOS: tuple[WeightsRepo, ...] = (SDXL_BASE, SDXL_VAE_FP16_FIX, IP_ADAPTER)
+# Written by scripts/make_tiny_weights.py so that logs can say plainly which weights run.
+TINY_MARKER = "TINY_RANDOM_WEIGHTS"
+
+
+def missing_repos(weights_dir: Path) -> list[WeightsRepo]:
+    """The repositories whose marker file is absent from the weights folder."""
+    return [r for r in ALL_REPOS if not (weights_dir / r.folder / r.marker).is_file()]
+
+
+def is_tiny(weights_dir: Path) -> bool:
+    """True for the tiny random stand-ins that scripts/make_tiny_weights.py builds."""
+    return (weights_dir / TINY_MARKER).is_file()

@@ -1,0 +1,50 @@
+"""Cog predictor with exactly the interface of Replicate's runwayml/gen4-image.
+
+Thin on purpose: the Input declarations, then one call into model/.
+"""
+
+from typing import Optional
+
+from cog import BaseRunner, Input, Path
+
+from model.request import Request
+from model.service import Generator
+from model.tables import ASPECT_RATIOS, DEFAULT_ASPECT_RATIO, DEFAULT_RESOLUTION, RESOLUTIONS
+
+
+class Predictor(BaseRunner):
+    def setup(self) -> None:
+        """Load the model from WEIGHTS_DIR (default weights/); settings come from GEN4_* variables."""
+        self.generator = Generator.from_env()
+
+    def run(
+        self,
+        seed: Optional[int] = Input(
+            description="Random seed. Set for reproducible generation", default=None
+        ),
+        prompt: str = Input(description="Text prompt for image generation"),
+        resolution: str = Input(
+            description="Image resolution", choices=list(RESOLUTIONS), default=DEFAULT_RESOLUTION
+        ),
+        aspect_ratio: str = Input(
+            description="Image aspect ratio", choices=list(ASPECT_RATIOS), default=DEFAULT_ASPECT_RATIO
+        ),
+        reference_tags: list[str] = Input(
+            description="An optional tag for each of your reference images. Tags must be alphanumeric and start with a letter. You can reference them in your prompt using @tag_name. Tags must be between 3 and 15 characters.",
+            default=[],
+        ),
+        reference_images: list[Path] = Input(
+            description="Up to 3 reference images. Images must be between 0.5 and 2 aspect ratio.",
+            default=[],
+        ),
+    ) -> Path:
+        return self.generator.predict(
+            Request(
+                prompt=prompt,
+                resolution=resolution,
+                aspect_ratio=aspect_ratio,
+                reference_tags=reference_tags,
+                reference_images=reference_images,
+                seed=seed,
+            )
+        )
