@@ -3,13 +3,16 @@
 Thin on purpose: the Input declarations, then one call into model/.
 """
 
-from typing import Optional
-
 from cog import BaseRunner, Input, Path
 
 from model.request import Request
 from model.service import Generator
-from model.tables import ASPECT_RATIOS, DEFAULT_ASPECT_RATIO, DEFAULT_RESOLUTION, RESOLUTIONS
+from model.tables import (
+    ASPECT_RATIOS,
+    DEFAULT_ASPECT_RATIO,
+    DEFAULT_RESOLUTION,
+    RESOLUTIONS,
+)
 
 
 class Predictor(BaseRunner):
@@ -19,13 +22,9 @@ class Predictor(BaseRunner):
 
     def run(
         self,
-        seed: Optional[int] = Input(
-            description="Random seed. Set for reproducible generation", default=None
-        ),
+        seed: int | None = Input(description="Random seed. Set for reproducible generation", default=None),
         prompt: str = Input(description="Text prompt for image generation"),
-        resolution: str = Input(
-            description="Image resolution", choices=list(RESOLUTIONS), default=DEFAULT_RESOLUTION
-        ),
+        resolution: str = Input(description="Image resolution", choices=list(RESOLUTIONS), default=DEFAULT_RESOLUTION),
         aspect_ratio: str = Input(
             description="Image aspect ratio", choices=list(ASPECT_RATIOS), default=DEFAULT_ASPECT_RATIO
         ),

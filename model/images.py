@@ -45,8 +45,7 @@ def check_source(item: object, field: str) -> pathlib.Path:
     if isinstance(item, str) or not isinstance(item, os.PathLike) or scheme not in (None, *REFERENCE_SCHEMES):
         raise InputError(
             field,
-            f"{show(source)} is not an image URI: use an http(s) URL or a data: URI "
-            "(local files are never read)",
+            f"{show(source)} is not an image URI: use an http(s) URL or a data: URI (local files are never read)",
         )
     return pathlib.Path(os.fspath(item))
 
@@ -77,15 +76,18 @@ def decode_reference(path: pathlib.Path, field: str) -> Image.Image:
             if width * height > MAX_REFERENCE_PIXELS:
                 raise InputError(
                     field,
-                    f"image is {width}x{height} pixels; at most {MAX_REFERENCE_PIXELS:,} "
-                    "pixels are accepted",
+                    f"image is {width}x{height} pixels; at most {MAX_REFERENCE_PIXELS:,} pixels are accepted",
                 )
             image.seek(0)  # animated images: the first frame
             image.load()
             image = ImageOps.exif_transpose(image)  # phone photos: upright before use
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(
+            field, f"image declares too many pixels ({exc}); at most {MAX_REFERENCE_PIXELS:,} are accepted"
+        ) from None
+    except UnidentifiedImageError:
         raise InputError(field, "is not a decodable image (PNG, JPEG, WebP, GIF, ...)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(field, f"image could not be decoded ({exc})") from None

@@ -79,9 +79,7 @@ def check_fields(request: Request) -> None:
 
     images, tags = list(request.reference_images), list(request.reference_tags)
     if len(images) > MAX_REFERENCES:
-        raise InputError(
-            "reference_images", f"{len(images)} images given; at most {MAX_REFERENCES} are allowed"
-        )
+        raise InputError("reference_images", f"{len(images)} images given; at most {MAX_REFERENCES} are allowed")
     if len(tags) > len(images):
         raise InputError(
             "reference_tags",

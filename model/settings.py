@@ -36,13 +36,10 @@ class Settings:
             raise ValueError(f"GEN4_IP_ADAPTER_SCALE must be >= 0, got {self.ip_adapter_scale}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(
-                f"GEN4_OUTPUT_FORMAT must be one of {', '.join(OUTPUT_FORMATS)}, "
-                f"got {self.output_format!r}"
+                f"GEN4_OUTPUT_FORMAT must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}"
             )
         if self.reference_cache_size < 1:
-            raise ValueError(
-                f"GEN4_REFERENCE_CACHE_SIZE must be at least 1, got {self.reference_cache_size}"
-            )
+            raise ValueError(f"GEN4_REFERENCE_CACHE_SIZE must be at least 1, got {self.reference_cache_size}")
 
 
 def env_name(field_name: str) -> str:

@@ -72,8 +72,13 @@ def input_component(info: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             prop["nullable"] = True
         if field.description is not None:
             prop["description"] = field.description
-        for key, attr in (("minimum", "ge"), ("maximum", "le"), ("minLength", "min_length"),
-                          ("maxLength", "max_length"), ("pattern", "regex")):
+        for key, attr in (
+            ("minimum", "ge"),
+            ("maximum", "le"),
+            ("minLength", "min_length"),
+            ("maxLength", "max_length"),
+            ("pattern", "regex"),
+        ):
             if getattr(field, attr) is not None:
                 prop[key] = getattr(field, attr)
         if field.deprecated:
@@ -132,7 +137,11 @@ def build_schema(predictor_ref: str) -> dict[str, Any]:
         "required": ["loc", "msg", "type"],
         "type": "object",
         "properties": {
-            "loc": {"title": "Location", "type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+            "loc": {
+                "title": "Location",
+                "type": "array",
+                "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+            },
             "msg": {"title": "Message", "type": "string"},
             "type": {"title": "Error Type", "type": "string"},
         },

@@ -19,7 +19,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from safetensors.torch import save_file
 from transformers import (
     CLIPTextConfig,
@@ -31,7 +36,7 @@ from transformers import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model.weights import (  # noqa: E402
+from model.weights import (
     IMAGE_ENCODER_SUBFOLDER,
     IP_ADAPTER,
     IP_ADAPTER_SUBFOLDER,
@@ -76,7 +81,8 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def write_clip_vocab(folder: Path) -> None:
     """vocab.json and merges.txt of OpenAI CLIP (49408 tokens), from the BPE merges file."""
-    lines = gzip.open(bpe_vocab_path()).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_vocab_path()) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     vocab = list(bytes_to_unicode().values())
     vocab += [v + "</w>" for v in vocab]

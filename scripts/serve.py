@@ -1,0 +1,103 @@
+"""Start the real Cog HTTP server (coglet) for this model, and wait until it is READY.
+
+    python scripts/serve.py [--port 5000] [--host 127.0.0.1] [--weights-dir weights]
+
+The same as `COG_PREDICT_TYPE_STUB=predict.py:Predictor WEIGHTS_DIR=... python -m cog.server.http`
+from the repository root, with the two details that are easy to miss: coglet starts its worker as
+the `python` found on PATH (so this interpreter's folder goes first), and the working directory
+must be the repository root (coglet reads .cog/openapi_schema.json from there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CogServer:
+    """A coglet server process serving predict.py:Predictor."""
+
+    def __init__(
+        self,
+        weights: Path,
+        log: IO[str] | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        extra_env: dict[str, str] | None = None,
+        upload_url: str | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://{host}:{self.port}"
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env |= {
+            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+            "WEIGHTS_DIR": str(weights),
+            "PORT": str(self.port),
+        } | (extra_env or {})
+        command = [sys.executable, "-m", "cog.server.http", "--host", host]
+        if upload_url:
+            command += ["--upload-url", upload_url]
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+
+    def wait_ready(self, timeout: float = 600) -> dict:
+        """Poll /health-check until READY; fail fast if setup failed or the process died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with code {self.proc.returncode} during setup")
+            try:
+                health = requests.get(f"{self.url}/health-check", timeout=5).json()
+            except requests.ConnectionError:
+                health = {}
+            if health.get("status") == "READY":
+                return health
+            if health.get("status") == "SETUP_FAILED":
+                raise RuntimeError(f"setup failed: {health.get('setup', {}).get('logs')}")
+            time.sleep(0.5)
+        raise TimeoutError(f"server did not reach READY within {timeout:.0f}s")
+
+    def predict(self, inputs: dict, timeout: float = 600) -> requests.Response:
+        return requests.post(f"{self.url}/predictions", json={"input": inputs}, timeout=timeout)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5000")))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--weights-dir", type=Path, default=Path(os.environ.get("WEIGHTS_DIR", ROOT / "weights")))
+    parser.add_argument("--upload-url", default=None)
+    args = parser.parse_args()
+    server = CogServer(args.weights_dir, port=args.port, host=args.host, upload_url=args.upload_url)
+    try:
+        sys.exit(server.proc.wait())
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny weights built once per session, real image files, a real Cog server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from scripts.serve import CogServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("GEN4_SHARED_DIR", ROOT.parent / "shared"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
+    config.addinivalue_line("markers", "real_weights: needs the real weights in weights/")
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny random weights in the real layout, built by the project's own script."""
+    out = tmp_path_factory.mktemp("tiny-weights")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_weights.py"), str(out)], check=True)
+    return out
+
+
+def png_bytes(size: tuple[int, int] = (256, 256), color: str = "red", mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, fmt)
+    return buf.getvalue()
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def image_from_data_uri(uri: str) -> Image.Image:
+    assert uri.startswith("data:image/png;base64,"), uri[:40]
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+
+
+@pytest.fixture(scope="session")
+def cog_server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CogServer]:
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log_path, "w") as log:
+        server = CogServer(tiny_weights, log=log, extra_env={"GEN4_STEPS": "2"})
+        try:
+            server.wait_ready(timeout=300)
+            yield server
+        finally:
+            server.stop()

@@ -1,0 +1,132 @@
+"""Reference decoding on real image files: refusals, odd formats, orientation."""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.errors import InputError
+from model.images import check_source, decode_reference
+from tests.conftest import png_bytes
+
+FIELD = "reference_images[0] (@woman)"
+
+
+def write(tmp_path: pathlib.Path, data: bytes, name: str = "ref") -> pathlib.Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def bomb_png() -> bytes:
+    """A real 64x64 PNG whose header is rewritten to declare 30000x30000 pixels."""
+    data = bytearray(png_bytes((64, 64)))
+    ihdr = bytearray(data[12:29])  # "IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", 30000, 30000)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def encoded(image: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+REFUSED = [
+    ("aspect 0.3", png_bytes((90, 300)), "aspect ratio 0.30"),
+    ("aspect 2.5", png_bytes((500, 200)), "aspect ratio 2.50"),
+    ("text file", b"hello, I am not an image\n", "not a decodable image"),
+    ("truncated png", png_bytes((300, 300), "blue")[:200], "could not be decoded"),
+    ("zero bytes", b"", "not a decodable image"),
+    ("1x1", png_bytes((1, 1)), "at least 32 pixels"),
+    ("bomb", bomb_png(), "at most 40,000,000"),
+]
+
+
+@pytest.mark.parametrize(("data", "text"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+def test_refused_images_name_the_reference(tmp_path: pathlib.Path, data: bytes, text: str) -> None:
+    with pytest.raises(InputError) as info:
+        decode_reference(write(tmp_path, data), FIELD)
+    assert str(info.value).startswith(FIELD + ": ")
+    assert text in str(info.value)
+
+
+def test_aspect_bounds_are_inclusive(tmp_path: pathlib.Path) -> None:
+    assert decode_reference(write(tmp_path, png_bytes((100, 200))), FIELD).size == (100, 200)
+    assert decode_reference(write(tmp_path, png_bytes((400, 200))), FIELD).size == (400, 200)
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path: pathlib.Path) -> None:
+    data = encoded(Image.new("CMYK", (120, 100), (0, 255, 255, 0)), "JPEG")
+    image = decode_reference(write(tmp_path, data), FIELD)
+    assert image.mode == "RGB" and image.size == (120, 100)
+    r, g, b = image.getpixel((60, 50))
+    assert r > 200 and g < 60 and b < 60  # cyan-free, magenta+yellow = red
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path: pathlib.Path) -> None:
+    array = np.full((100, 100), 32768, dtype=np.uint16)
+    data = encoded(Image.fromarray(array), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    image = decode_reference(write(tmp_path, data), FIELD)
+    assert image.mode == "RGB"
+    assert abs(image.getpixel((5, 5))[0] - 128) <= 1
+
+
+def test_palette_with_transparency_lies_on_white(tmp_path: pathlib.Path) -> None:
+    image = Image.new("P", (100, 100), 0)
+    image.putpalette([0, 0, 0] * 256)
+    data = encoded(image, "PNG", transparency=0)
+    out = decode_reference(write(tmp_path, data), FIELD)
+    assert out.mode == "RGB" and out.getpixel((10, 10)) == (255, 255, 255)
+
+
+def test_animated_gif_uses_first_frame(tmp_path: pathlib.Path) -> None:
+    frames = [Image.new("RGB", (100, 100), c) for c in ("red", "blue", "green")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    out = decode_reference(write(tmp_path, buf.getvalue()), FIELD)
+    r, g, b = out.getpixel((50, 50))
+    assert r > 200 and g < 50 and b < 50
+
+
+def test_exif_rotated_jpeg_is_turned_upright(tmp_path: pathlib.Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    data = encoded(Image.new("RGB", (200, 100), "red"), "JPEG", exif=exif.tobytes())
+    assert decode_reference(write(tmp_path, data), FIELD).size == (100, 200)
+
+
+class DownloadedPath(pathlib.PosixPath):
+    """Stands in for Cog's URLPath: a downloaded file that remembers its URI."""
+
+    source = ""
+
+
+@pytest.mark.parametrize(
+    "value", ["/etc/hostname", "file:///etc/hostname", "relative/ref.png", "data:image/png;base64,AAAA"]
+)
+def test_strings_are_refused_and_never_opened(value: str) -> None:
+    with pytest.raises(InputError) as info:
+        check_source(value, FIELD)
+    assert "local files are never read" in str(info.value)
+
+
+def test_downloaded_paths_pass_and_foreign_sources_do_not(tmp_path: pathlib.Path) -> None:
+    path = write(tmp_path, png_bytes())
+    assert check_source(path, FIELD) == path  # Cog's own download of a URI
+    ok = DownloadedPath(path)
+    ok.source = "https://example.com/woman.png"
+    assert check_source(ok, FIELD) == path
+    bad = DownloadedPath(path)
+    bad.source = "file:///etc/passwd"
+    with pytest.raises(InputError):
+        check_source(bad, FIELD)

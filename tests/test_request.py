@@ -1,0 +1,78 @@
+"""Stage 1 validation and @tag parsing: pure logic, no model."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.errors import InputError
+from model.prompt import find_mentions, parse_prompt
+from model.request import Request, check_fields
+
+
+def req(**kw: object) -> Request:
+    base: dict[str, object] = {"prompt": "a photo", "resolution": "1080p", "aspect_ratio": "16:9"}
+    return Request(**(base | kw))  # type: ignore[arg-type]
+
+
+def three(tags: list[str]) -> dict[str, object]:
+    return {"reference_tags": tags, "reference_images": ["x"] * max(len(tags), 1)}
+
+
+BAD = [
+    ({"prompt": ""}, "prompt", "empty"),
+    ({"prompt": "   \n"}, "prompt", "empty"),
+    ({"resolution": "4k"}, "resolution", "720p, 1080p"),
+    ({"aspect_ratio": "5:4"}, "aspect_ratio", "16:9, 9:16, 4:3, 3:4, 1:1, 21:9"),
+    ({"seed": -1}, "seed", "0 to 4294967295"),
+    ({"seed": 4294967296}, "seed", "0 to 4294967295"),
+    ({"reference_images": ["a", "b", "c", "d"]}, "reference_images", "at most 3"),
+    ({"reference_tags": ["one", "two"], "reference_images": ["a"]}, "reference_tags", "2 tags given for 1"),
+    (three(["ab"]), "reference_tags[0]", "'ab' is not a valid tag"),
+    (three(["abcdefghijklmnop"]), "reference_tags[0]", "3 to 15"),
+    (three(["ab_c"]), "reference_tags[0]", "letters or digits"),
+    (three(["1abc"]), "reference_tags[0]", "starting with a letter"),
+    (three(["woman", "woman"]), "reference_tags[1]", "repeats reference_tags[0]"),
+    (
+        {"prompt": "@dog in @park", **three(["park"])},
+        "prompt",
+        "@dog, which is not one of the reference tags; available: @park",
+    ),
+    ({"prompt": "@dog runs"}, "prompt", "available: none"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "field", "text"), BAD, ids=[f"{b[1]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_fields_name_field_value_and_rule(kwargs: dict, field: str, text: str) -> None:
+    with pytest.raises(InputError) as info:
+        check_fields(req(**kwargs))
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+    assert text in str(info.value)
+
+
+def test_good_request_passes() -> None:
+    check_fields(req(prompt="@woman and @man in @park", **three(["park", "woman", "man"]), seed=0))
+    check_fields(req(seed=4294967295, reference_images=["a", "b"], reference_tags=["first"]))
+
+
+def test_email_is_not_a_mention() -> None:
+    assert find_mentions("write to a@b.com or x.y@host.org") == []
+    check_fields(req(prompt="mail me at someone@example.com"))
+
+
+@pytest.mark.parametrize(
+    ("prompt", "text", "spans"),
+    [
+        ("@woman walks", "woman walks", [("woman", 0, 5)]),
+        ("portrait of @woman's dog", "portrait of woman's dog", [("woman", 12, 17)]),
+        ("@man, @man and @park.", "man, man and park.", [("man", 0, 3), ("man", 5, 8), ("park", 13, 17)]),
+        ("(@cat2)", "(cat2)", [("cat2", 1, 5)]),
+        ("no tags @ all", "no tags @ all", []),
+    ],
+)
+def test_parse_prompt_rewrites_and_keeps_spans(prompt: str, text: str, spans: list) -> None:
+    parsed = parse_prompt(prompt)
+    assert parsed.text == text
+    assert [(m.tag, m.start, m.end) for m in parsed.mentions] == spans
+    for m in parsed.mentions:
+        assert parsed.text[m.start : m.end] == m.tag
