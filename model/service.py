@@ -20,8 +20,10 @@ from model.generate import GenerationInputs, generate
 from model.output import OutputWriter
 from model.pipeline import Runtime, load_pipeline, pick_runtime
 from model.references import ReferenceEncoder
+from model.regions import RegionConfig, bind_references, install_processors
 from model.request import Request, ValidRequest, validate_request
 from model.settings import Settings, settings_from_env
+from model.tokens import mention_positions
 from model.weights import is_tiny
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class Generator:
             capacity=settings.reference_cache_size,
         )
         self.encoder.negative()  # computed once, at setup
+        self.region_config = RegionConfig()
+        install_processors(self.pipe.unet, self.region_config)
         self.output = OutputWriter(settings.output_format)
         kind = "TINY RANDOM weights (test stand-ins: images are noise)" if self.tiny else "real weights"
         say(
@@ -105,7 +109,11 @@ class Generator:
         encoded = self.encoder.encode([r.image for r in valid.references])
         if valid.references:
             say(f"Reference encodings: {encoded.hits} cached, {encoded.misses} encoded")
-        # 3. Denoise and decode.
+        # 3. Bind each reference to its @tag's tokens (the same positions in both SDXL tokenizers,
+        #    which share CLIP's vocabulary and differ only in padding).
+        positions = mention_positions(valid.prompt, self.pipe.tokenizer)
+        bindings = bind_references([r.tag for r in valid.references], valid.prompt, positions)
+        # 4. Denoise and decode.
         say("Generating...")
         inputs = GenerationInputs(
             prompt=valid.prompt.text,
@@ -113,11 +121,17 @@ class Generator:
             height=valid.height,
             seed=seed,
             references=encoded,
+            bindings=bindings,
+            region_config=self.region_config,
             steps=self.settings.steps,
             guidance=self.settings.guidance,
             ip_adapter_scale=self.settings.ip_adapter_scale,
         )
-        return generate(self.pipe, inputs, self.runtime, on_step=Progress())
+        image, region = generate(self.pipe, inputs, self.runtime, on_step=Progress())
+        for binding in bindings:
+            if binding.tag and binding.kind != "global" and binding.index in region.shares:
+                say(f"@{binding.tag} covers {region.shares[binding.index]:.0%} of the image ({binding.kind})")
+        return image
 
     def release_memory(self) -> None:
         gc.collect()

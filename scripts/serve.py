@@ -73,8 +73,16 @@ class CogServer:
             time.sleep(0.5)
         raise TimeoutError(f"server did not reach READY within {timeout:.0f}s")
 
-    def predict(self, inputs: dict, timeout: float = 600) -> requests.Response:
-        return requests.post(f"{self.url}/predictions", json={"input": inputs}, timeout=timeout)
+    def predict(self, inputs: dict, timeout: float = 600, busy_retry_s: float = 10) -> requests.Response:
+        """A sync prediction. A 409 means the one slot is busy; coglet also answers 409 for a
+        moment right after a failed prediction while it frees the slot, so retry briefly, as a
+        client of any busy Cog server should."""
+        deadline = time.monotonic() + busy_retry_s
+        while True:
+            response = requests.post(f"{self.url}/predictions", json={"input": inputs}, timeout=timeout)
+            if response.status_code != 409 or time.monotonic() > deadline:
+                return response
+            time.sleep(0.1)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -91,6 +91,9 @@ def test_sync_prediction_of_the_seed_example(cog_server: CogServer) -> None:
         "0%",
         "100%",
         "Generated image in ",
+        "@woman covers ",  # each tag's share of the image (tag localization)
+        "@man covers ",
+        "@park covers ",
     ):
         assert line in logs
 
