@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from model.generate import GenerationInputs, generate
 from model.output import OutputWriter
@@ -104,7 +105,7 @@ class Generator:
         say(f"Generated image in {time.perf_counter() - started:.1f}sec")
         return self.output.write(image, seed)
 
-    def _generate(self, valid: ValidRequest, seed: int) -> object:
+    def _generate(self, valid: ValidRequest, seed: int) -> Image.Image:
         # 2. Encode the references (cached).
         encoded = self.encoder.encode([r.image for r in valid.references])
         if valid.references:

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from model.prompt import parse_prompt  # noqa: E402
-from model.regions import RegionConfig, RegionState, bind_references, install_processors  # noqa: E402
+from model.regions import RegionConfig, RegionState, bind_references  # noqa: E402
 from model.service import Generator  # noqa: E402
 from model.settings import Settings  # noqa: E402
 from model.tokens import mention_positions  # noqa: E402
@@ -80,7 +80,6 @@ def main() -> None:
     generator = Generator(Settings(weights_dir=weights, steps=args.steps))
     setup_s = time.perf_counter() - started
     pipe, runtime = generator.pipe, generator.runtime
-    install_processors(pipe.unet, RegionConfig())
     images = [Image.new("RGB", (512, 512), c) for c in ("green", "pink", "navy")]
     encoded = generator.encoder.encode(images)
     embeds = encoded.ip_adapter_embeds(guidance=True).to(runtime.device, runtime.dtype)
