@@ -87,7 +87,6 @@ class RegionState:
     anchor_hw: tuple[int, int] | None = None
     # [n, h, w] weights at anchor resolution from the previous step; None until one exists.
     weights: torch.Tensor | None = None
-    shares: dict[int, float] = field(default_factory=dict)
 
     @property
     def warmup_steps(self) -> int:
@@ -121,8 +120,14 @@ class RegionState:
             h, w = self.anchor_hw
             maps = {i: (a / self._acc_layers).reshape(h, w) for i, a in self._acc.items()}
             self.weights = masks_from_maps(self.bindings, maps, self.config.threshold, (h, w))
-            self.shares = {b.index: float(self.weights[k].mean()) for k, b in enumerate(self.bindings)}
         self._acc, self._acc_layers = {}, 0
+
+    def shares(self) -> dict[int, float]:
+        """Each reference's share of the image under the latest masks (read once, at the end:
+        reading it is a device-to-host copy)."""
+        if self.weights is None:
+            return {}
+        return {b.index: float(self.weights[k].mean()) for k, b in enumerate(self.bindings)}
 
     def layer_masks(self, seq_len: int, device: torch.device) -> torch.Tensor:
         """[1, n, h, w] weights for a layer: tagged references are off during warm-up (and until a
@@ -144,14 +149,18 @@ def masks_from_maps(
     """[n, h, w] binary masks: subjects by normalised map (threshold, then argmax, so no pixel
     belongs to two subjects), the place where no subject is, global references everywhere."""
     subjects = [b for b in bindings if b.kind == "subject"]
-    claimed = torch.zeros(hw)
-    owner = torch.full(hw, -1, dtype=torch.long)
+    # On the maps' device (the GPU's, in a real run), so that nothing crosses to the host.
+    device = next(iter(maps.values())).device if maps else torch.device("cpu")
+    claimed = torch.zeros(hw, device=device)
+    owner = torch.full(hw, -1, dtype=torch.long, device=device)
     if subjects:
         stack = []
         for b in subjects:
             m = maps[b.index]
-            lo, hi = m.min(), m.max()
-            stack.append((m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m))
+            lo = m.min()
+            # No branch on a tensor value (that would be a host sync): a flat map gives 0 / tiny = 0.
+            span = (m.max() - lo).clamp_min(torch.finfo(m.dtype).tiny)
+            stack.append((m - lo) / span)
         normed = torch.stack(stack)
         best, arg = normed.max(dim=0)
         owner = torch.where(best >= threshold, arg, owner)
@@ -164,7 +173,7 @@ def masks_from_maps(
         elif b.kind == "place":
             masks.append(1.0 - claimed)
         else:
-            masks.append(torch.ones(hw))
+            masks.append(torch.ones(hw, device=device))
     return torch.stack(masks)
 
 

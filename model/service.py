@@ -129,9 +129,10 @@ class Generator:
             ip_adapter_scale=self.settings.ip_adapter_scale,
         )
         image, region = generate(self.pipe, inputs, self.runtime, on_step=Progress())
+        shares = region.shares()
         for binding in bindings:
-            if binding.tag and binding.kind != "global" and binding.index in region.shares:
-                say(f"@{binding.tag} covers {region.shares[binding.index]:.0%} of the image ({binding.kind})")
+            if binding.tag and binding.kind != "global" and binding.index in shares:
+                say(f"@{binding.tag} covers {shares[binding.index]:.0%} of the image ({binding.kind})")
         return image
 
     def release_memory(self) -> None:

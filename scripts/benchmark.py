@@ -86,9 +86,10 @@ def main() -> None:
     parsed = parse_prompt(PROMPT)
     bindings = bind_references(list(TAGS), parsed, mention_positions(parsed, pipe.tokenizer))
     pipe.set_ip_adapter_scale(generator.settings.ip_adapter_scale)
+    scale = pipe.vae_scale_factor
 
     def run(localized: bool) -> None:
-        region = RegionState(bindings, RegionConfig(), args.steps, (height // 8, width // 8))
+        region = RegionState(bindings, RegionConfig(), args.steps, (height // scale, width // scale))
         pipe(
             prompt=parsed.text,
             width=width,

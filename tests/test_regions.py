@@ -73,6 +73,15 @@ def test_planted_maps_give_exclusive_masks() -> None:
     assert torch.all(masks.sum(0) == 1)  # every pixel has exactly one owner
 
 
+def test_masks_stay_on_the_maps_device() -> None:
+    """On CUDA the maps live on the GPU: every mask tensor must be built there, not on the host.
+    The meta device stands in for a second device on a CPU-only machine."""
+    bindings = [Binding(0, "park", "place", (9,)), Binding(1, "woman", "subject", (3,)), Binding(2, None, "global")]
+    maps = {1: torch.zeros(4, 6, device="meta")}
+    masks = masks_from_maps(bindings, maps, threshold=0.35, hw=(4, 6))
+    assert masks.device.type == "meta" and masks.shape == (3, 4, 6)
+
+
 def make_attention(hidden: int = 32, text_dim: int = 24) -> Attention:
     torch.manual_seed(0)
     return Attention(query_dim=hidden, cross_attention_dim=text_dim, heads=4, dim_head=8)
@@ -140,4 +149,5 @@ def test_warmup_turns_tagged_references_off_and_anchor_records_maps() -> None:
         ours(attn, hidden, enc, region=region)
     region.end_step()
     assert region.weights is not None and region.weights.shape == (2, 4, 6)
-    assert 0 < region.shares[0] <= 1 and region.shares[1] == 1.0
+    shares = region.shares()
+    assert 0 < shares[0] <= 1 and shares[1] == 1.0
