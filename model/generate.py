@@ -1,18 +1,29 @@
-"""Stage 4: run SDXL with the encoded references and return the image."""
+"""Stage 4b: run SDXL with the encoded text and references, following the size's plan.
+
+Base pass at about 1 MP with the target's aspect ratio, then the exact size: an img2img refine
+pass (upscaled base, same text, same references, same tag masks) when the target is larger, a
+Lanczos downscale when it is smaller. See model/plan.py.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from model.pipeline import Runtime
+from model.plan import Plan, cover_box
 from model.references import Encoded
 from model.regions import Binding, RegionConfig, RegionState
+from model.text import TextEmbeds
 
 StepCallback = Callable[[int, int], None]
 
@@ -21,9 +32,8 @@ StepCallback = Callable[[int, int], None]
 class GenerationInputs:
     """Everything one generation needs, already validated."""
 
-    prompt: str  # the encoders' text: @tags already rewritten to their words
-    width: int
-    height: int
+    text: TextEmbeds  # the prompt with @tags rewritten to their words, encoded
+    plan: Plan
     seed: int
     references: Encoded
     bindings: list[Binding]  # one per reference, in request order
@@ -31,55 +41,181 @@ class GenerationInputs:
     steps: int
     guidance: float
     ip_adapter_scale: float
+    refine_strength: float
+    vae_tiling: str  # "auto", "always" or "never"
+
+    @property
+    def refine_steps(self) -> int:
+        """Denoising steps the refine pass runs (at least one)."""
+        return max(1, int(self.steps * self.refine_strength))
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + (self.refine_steps if self.plan.refine else 0)
 
 
+@dataclass
+class Stopwatch:
+    """Seconds per stage. On CUDA it synchronises at stage boundaries only (a few times per
+    request), never inside the step loop, so that each stage's time is its own."""
+
+    device: torch.device
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._sync()
+        started = time.perf_counter()
+        yield
+        self._sync()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The image, each pass's region state (base first), and whether the VAE fell back to tiles."""
+
+    image: Image.Image
+    regions: list[RegionState]
+    tiled_decode: bool
+
+
+def set_vae_tiling(vae: AutoencoderKL, on: bool) -> None:
+    """Shared VAE state, so it is set explicitly every time it matters."""
+    if on:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
+
+
+@torch.inference_mode()
+def decode(
+    vae: AutoencoderKL, processor: VaeImageProcessor, latents: torch.Tensor, tiling: str
+) -> tuple[Image.Image, bool]:
+    """Latents to an image, in the VAE's own dtype: the fp16-fix VAE needs no fp32 upcast. With
+    tiling "auto", a decode that runs out of memory is retried in tiles (2 MP on a small card)."""
+    config = vae.config
+    if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
+        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(latents)
+        std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(latents)
+        latents = latents * std / config.scaling_factor + mean
+    else:
+        latents = latents / config.scaling_factor
+    latents = latents.to(vae.dtype)
+    tiled = tiling == "always"
+    try:
+        set_vae_tiling(vae, tiled)
+        try:
+            pixels = vae.decode(latents, return_dict=False)[0]
+        except torch.OutOfMemoryError:
+            if tiling != "auto":
+                raise
+            if latents.device.type == "cuda":
+                torch.cuda.empty_cache()
+            tiled = True
+            set_vae_tiling(vae, True)
+            pixels = vae.decode(latents, return_dict=False)[0]
+    finally:
+        set_vae_tiling(vae, tiling == "always")
+    return processor.postprocess(pixels, output_type="pil")[0], tiled
+
+
+def resample(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Lanczos to cover `size`, then a centre crop: the base's aspect differs by a few percent at
+    most, which this crops instead of stretching."""
+    resized, box = cover_box(image.size, size)
+    return image.resize(resized, Image.Resampling.LANCZOS).crop(box)
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """The num_inference_steps to give diffusers' img2img so that it runs int(steps * strength)
+    steps, and at least one (it refuses zero)."""
+    return steps if int(steps * strength) >= 1 else math.ceil(1 / strength)
+
+
+@torch.inference_mode()
 def generate(
     pipe: StableDiffusionXLPipeline,
+    refiner: StableDiffusionXLImg2ImgPipeline,
     inputs: GenerationInputs,
     runtime: Runtime,
+    clock: Stopwatch,
     on_step: StepCallback | None = None,
-) -> tuple[Image.Image, RegionState]:
-    """Denoise and decode one image of exactly inputs.width x inputs.height; also the request's
-    region state, which says where each tag landed."""
-    guidance = inputs.guidance > 1.0
-    embeds = inputs.references.ip_adapter_embeds(guidance)
+) -> Generation:
+    """Denoise and decode one image of exactly the plan's target size."""
+    plan = inputs.plan
     # 1. Shared pipeline state, set on every request so that no request inherits another's.
     #    Scale 0 with no reference: diffusers' processor then skips the adapter entirely.
     has_references = inputs.references.positive.shape[0] > 0
     pipe.set_ip_adapter_scale(inputs.ip_adapter_scale if has_references else 0.0)
+    set_vae_tiling(pipe.vae, inputs.vae_tiling == "always")
+    embeds = [inputs.references.ip_adapter_embeds(inputs.guidance > 1.0).to(runtime.device, runtime.dtype)]
+    total = inputs.total_steps
+    done = 0
 
-    # Per-request localization state, handed to the processors with the call (never stored on them).
-    scale_factor = pipe.vae_scale_factor
-    region = RegionState(
-        bindings=inputs.bindings,
-        config=inputs.region_config,
-        steps=inputs.steps,
-        latent_hw=(inputs.height // scale_factor, inputs.width // scale_factor),
-    )
+    def pass_kwargs(region: RegionState, steps: int) -> dict[str, Any]:
+        """What both passes share: text, references, guidance, seed, progress, tag masks."""
 
-    def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        region.end_step()
-        if on_step is not None:
-            on_step(step + 1, inputs.steps)
-        return kwargs
+        def step_end(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            nonlocal done
+            region.end_step()
+            done += 1
+            if on_step is not None:
+                on_step(done, total)
+            return kwargs
 
-    # 2. Denoise and decode.
+        return {
+            **inputs.text.as_kwargs(),
+            "num_inference_steps": steps,
+            "guidance_scale": inputs.guidance,
+            "ip_adapter_image_embeds": embeds,
+            "generator": generator,
+            "callback_on_step_end": step_end,
+            "cross_attention_kwargs": {"region": region} if has_references else None,
+            "output_type": "latent",
+        }
+
     generator = torch.Generator(device=runtime.device).manual_seed(inputs.seed)
     if on_step is not None:
-        on_step(0, inputs.steps)
-    result = pipe(
-        prompt=inputs.prompt,
-        width=inputs.width,
-        height=inputs.height,
-        num_inference_steps=inputs.steps,
-        guidance_scale=inputs.guidance,
-        ip_adapter_image_embeds=[embeds.to(runtime.device, runtime.dtype)],
-        generator=generator,
-        callback_on_step_end=step_end,
-        cross_attention_kwargs={"region": region} if has_references else None,
-        output_type="pil",
+        on_step(0, total)
+    scale = pipe.vae_scale_factor
+
+    # 2. Base pass near 1 MP. Micro-conditioning says what it is: an image of the base size.
+    (bw, bh), (tw, th) = plan.base, plan.target
+    base_region = RegionState(
+        bindings=inputs.bindings, config=inputs.region_config, steps=inputs.steps, latent_hw=(bh // scale, bw // scale)
     )
-    image: Image.Image = result.images[0]
-    if image.size != (inputs.width, inputs.height):
-        raise RuntimeError(f"generated {image.size}, expected {(inputs.width, inputs.height)}")
-    return image, region
+    with clock.stage("base denoise"):
+        latents = pipe(
+            width=bw, height=bh, original_size=(bh, bw), target_size=(bh, bw), **pass_kwargs(base_region, inputs.steps)
+        ).images
+    with clock.stage("vae decode"):
+        base, tiled = decode(pipe.vae, pipe.image_processor, latents, inputs.vae_tiling)
+    if not plan.refine:
+        # 3a. Smaller target: a high-quality downscale is all it needs.
+        with clock.stage("resize"):
+            image = resample(base, plan.target)
+        return Generation(image=image, regions=[base_region], tiled_decode=tiled)
+
+    # 3b. Larger target: upscale, then re-denoise lightly at the exact size with the same text,
+    #     references and the base pass's tag masks (the layout is settled, so no warm-up).
+    with clock.stage("resize"):
+        upscaled = resample(base, plan.target)
+    refine_region = RegionState.carried(base_region, latent_hw=(th // scale, tw // scale), steps=inputs.refine_steps)
+    with clock.stage("refine"):
+        latents = refiner(
+            image=upscaled,
+            strength=inputs.refine_strength,
+            original_size=(th, tw),
+            target_size=(th, tw),
+            **pass_kwargs(refine_region, img2img_steps(inputs.steps, inputs.refine_strength)),
+        ).images
+    with clock.stage("vae decode"):
+        image, tiled_refine = decode(pipe.vae, pipe.image_processor, latents, inputs.vae_tiling)
+    if image.size != plan.target:
+        raise RuntimeError(f"generated {image.size}, expected {plan.target}")
+    return Generation(image=image, regions=[base_region, refine_region], tiled_decode=tiled or tiled_refine)

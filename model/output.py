@@ -7,7 +7,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Mask colours, one per reference in request order (max 3 references; a 4th colour to spare).
+MASK_COLOURS: tuple[tuple[int, int, int], ...] = ((230, 60, 60), (60, 140, 230), (60, 190, 90), (230, 180, 40))
 
 _SAVE_OPTIONS = {
     "png": ("PNG", {"optimize": False, "compress_level": 4}),  # level 4: near-max size gain, fast
@@ -41,3 +45,23 @@ class OutputWriter:
         if self._last_dir is not None:
             shutil.rmtree(self._last_dir, ignore_errors=True)
             self._last_dir = None
+
+
+def write_mask_image(image: Image.Image, masks: np.ndarray, labels: list[str], path: Path) -> Path:
+    """Each reference's mask ([n, h, w] in 0..1, any resolution) in its colour over a grey copy of
+    the image, with a legend: where each @tag landed."""
+    grey = np.asarray(image.convert("L").convert("RGB"), dtype=np.float32)
+    out = grey.copy()
+    for k, mask in enumerate(masks):
+        big = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8)).resize(image.size, Image.Resampling.NEAREST)
+        alpha = np.asarray(big, dtype=np.float32)[..., None] / 255 * 0.55
+        colour = np.array(MASK_COLOURS[k % len(MASK_COLOURS)], dtype=np.float32)
+        out = out * (1 - alpha) + colour * alpha
+    overlay = Image.fromarray(out.round().astype(np.uint8))
+    draw = ImageDraw.Draw(overlay)
+    for k, label in enumerate(labels):
+        y = 8 + 18 * k
+        draw.rectangle((8, y, 20, y + 12), fill=MASK_COLOURS[k % len(MASK_COLOURS)])
+        draw.text((26, y), label, fill=(255, 255, 255))
+    overlay.save(path, "PNG")
+    return path

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
 from model.weights import (
     IMAGE_ENCODER_SUBFOLDER,
@@ -66,11 +66,11 @@ def load_pipeline(weights_dir: Path, runtime: Runtime) -> StableDiffusionXLPipel
     # Local folders only: a missing file must fail here, not turn into a download.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dtype = runtime.dtype
-    vae = AutoencoderKL.from_pretrained(weights_dir / SDXL_VAE_FP16_FIX.folder, torch_dtype=dtype)
+    vae = AutoencoderKL.from_pretrained(weights_dir / SDXL_VAE_FP16_FIX.folder, dtype=dtype)
     pipe = StableDiffusionXLPipeline.from_pretrained(
         weights_dir / SDXL_BASE.folder,
         vae=vae,
-        torch_dtype=dtype,
+        dtype=dtype,
         variant="fp16",
         use_safetensors=True,
         add_watermarker=False,
@@ -79,10 +79,9 @@ def load_pipeline(weights_dir: Path, runtime: Runtime) -> StableDiffusionXLPipel
         str(weights_dir / IP_ADAPTER.folder),
         subfolder=IP_ADAPTER_SUBFOLDER,
         weight_name=IP_ADAPTER_WEIGHT,
-        image_encoder_folder=IMAGE_ENCODER_SUBFOLDER,
-        torch_dtype=dtype,
+        image_encoder_folder=IMAGE_ENCODER_SUBFOLDER,  # loaded in the pipeline's dtype
     )
-    pipe.to(runtime.device, dtype)
+    pipe.to(runtime.device)  # every part was loaded in `dtype` already
     if runtime.device.type == "cuda":
         # SDPA is diffusers' default attention on torch 2; channels_last helps the convolutions.
         pipe.unet.to(memory_format=torch.channels_last)
@@ -95,3 +94,11 @@ def load_pipeline(weights_dir: Path, runtime: Runtime) -> StableDiffusionXLPipel
         dtype,
     )
     return pipe
+
+
+def img2img_from(pipe: StableDiffusionXLPipeline) -> StableDiffusionXLImg2ImgPipeline:
+    """The img2img pipeline over the same loaded modules (no second load, no copy): the refine
+    pass shares the UNet and its IP-Adapter processors, the VAE and the text encoders."""
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+    refiner.set_progress_bar_config(disable=True)
+    return refiner

@@ -7,13 +7,14 @@ negative (unconditional) embedding is computed once per encoder.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+from model.cache import LRUCache
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,7 @@ class ReferenceEncoder:
         self.feature_extractor = feature_extractor
         # Part of every cache key: features from another encoder are never reused.
         self.identity = identity
-        self.capacity = capacity
-        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cache: LRUCache[torch.Tensor] = LRUCache(capacity)
         self._negative: torch.Tensor | None = None
         self.encoder_calls = 0  # images run through the encoder, for tests and benchmarks
 
@@ -89,19 +89,16 @@ class ReferenceEncoder:
     def encode(self, images: Sequence[Image.Image]) -> Encoded:
         """Features for each image, from the cache where possible; misses run as one batch."""
         keys = [f"{self.identity}:{pixel_key(im)}" for im in images]
-        missing = list(dict.fromkeys(k for k in keys if k not in self.cache))
-        hits = sum(1 for k in keys if k not in missing)
+        # Read the hits before inserting anything: inserting may evict them from a small cache.
+        known = {k: v for k in dict.fromkeys(keys) if (v := self.cache.get(k)) is not None}
+        missing = [k for k in dict.fromkeys(keys) if k not in known]
         if missing:
-            first = {k: images[keys.index(k)] for k in missing}
-            features = self._features(self._pixels(list(first.values())))
+            features = self._features(self._pixels([images[keys.index(k)] for k in missing]))
             for key, feature in zip(missing, features, strict=True):
-                self.cache[key] = feature
-        found = []
-        for key in keys:
-            self.cache.move_to_end(key)
-            found.append(self.cache[key])
-        while len(self.cache) > self.capacity:
-            self.cache.popitem(last=False)
+                known[key] = feature
+                self.cache.put(key, feature)
+        hits = sum(1 for k in keys if k not in missing)
         negative = self.negative()
+        found = [known[k] for k in keys]
         positive = torch.stack(found) if found else negative.new_zeros((0, *negative.shape))
         return Encoded(positive=positive, unconditional=negative, hits=hits, misses=len(keys) - hits)

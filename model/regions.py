@@ -87,10 +87,33 @@ class RegionState:
     anchor_hw: tuple[int, int] | None = None
     # [n, h, w] weights at anchor resolution from the previous step; None until one exists.
     weights: torch.Tensor | None = None
+    # A refine pass carries the base pass's final masks unchanged: no warm-up, no new maps.
+    frozen: bool = False
+    # Masks per layer size for the current step: ~70 cross-attention layers share 3 sizes.
+    _layer_cache: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def carried(cls, base: RegionState, latent_hw: tuple[int, int], steps: int) -> RegionState:
+        """The state of a refine pass: the same bindings and the base pass's final masks, resized
+        to each layer of the new latent size."""
+        return cls(
+            bindings=base.bindings,
+            config=base.config,
+            steps=steps,
+            latent_hw=latent_hw,
+            anchor_hw=base.anchor_hw,
+            weights=base.weights,
+            frozen=True,
+        )
 
     @property
     def warmup_steps(self) -> int:
-        return math.ceil(self.config.warmup_fraction * self.steps)
+        return 0 if self.frozen else math.ceil(self.config.warmup_fraction * self.steps)
+
+    @property
+    def records(self) -> bool:
+        """Whether anchor layers should record text attention for this state."""
+        return not self.frozen and bool(self.subjects())
 
     def subjects(self) -> list[Binding]:
         return [b for b in self.bindings if b.kind == "subject"]
@@ -121,6 +144,8 @@ class RegionState:
             maps = {i: (a / self._acc_layers).reshape(h, w) for i, a in self._acc.items()}
             self.weights = masks_from_maps(self.bindings, maps, self.config.threshold, (h, w))
         self._acc, self._acc_layers = {}, 0
+        if not self.frozen and self.step >= self.warmup_steps:
+            self._layer_cache = {}  # the masks change from here on; during warm-up they do not
 
     def shares(self) -> dict[int, float]:
         """Each reference's share of the image under the latest masks (read once, at the end:
@@ -129,9 +154,19 @@ class RegionState:
             return {}
         return {b.index: float(self.weights[k].mean()) for k, b in enumerate(self.bindings)}
 
+    def final_masks(self) -> torch.Tensor | None:
+        """[n, h, w] masks at anchor resolution on the CPU, in binding order (None if none)."""
+        return None if self.weights is None else self.weights.detach().float().cpu()
+
     def layer_masks(self, seq_len: int, device: torch.device) -> torch.Tensor:
         """[1, n, h, w] weights for a layer: tagged references are off during warm-up (and until a
         map exists); global references are always on."""
+        cached = self._layer_cache.get(seq_len)
+        if cached is None or cached.device != device:
+            cached = self._layer_cache[seq_len] = self._make_layer_masks(seq_len, device)
+        return cached
+
+    def _make_layer_masks(self, seq_len: int, device: torch.device) -> torch.Tensor:
         h, w = self.layer_hw(seq_len)
         n = len(self.bindings)
         if self.weights is None or self.step < self.warmup_steps:
@@ -212,7 +247,7 @@ class TagRegionAttnProcessor(IPAdapterAttnProcessor2_0):
                 attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, ip_adapter_masks
             )
         seq_len = hidden_states.shape[1]
-        if self.anchor and region.subjects():
+        if self.anchor and region.records:
             region.record(self._text_attention(attn, hidden_states, encoder_hidden_states[0]), seq_len)
         masks = region.layer_masks(seq_len, hidden_states.device)
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, [masks])

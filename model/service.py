@@ -15,15 +15,16 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from model.generate import GenerationInputs, generate
-from model.output import OutputWriter
-from model.pipeline import Runtime, load_pipeline, pick_runtime
+from model.generate import Generation, GenerationInputs, Stopwatch, generate
+from model.output import OutputWriter, write_mask_image
+from model.pipeline import Runtime, img2img_from, load_pipeline, pick_runtime
+from model.plan import plan_for
 from model.references import ReferenceEncoder
 from model.regions import RegionConfig, bind_references, install_processors
 from model.request import Request, ValidRequest, validate_request
 from model.settings import Settings, settings_from_env
+from model.text import TextEncoder
 from model.tokens import mention_positions
 from model.weights import is_tiny
 
@@ -58,6 +59,8 @@ class Generator:
         self.runtime: Runtime = pick_runtime(settings.device)
         started = time.perf_counter()
         self.pipe = load_pipeline(settings.weights_dir, self.runtime)
+        self.refiner = img2img_from(self.pipe)
+        self.text = TextEncoder(self.pipe)
         self.tiny = is_tiny(settings.weights_dir)
         self.encoder = ReferenceEncoder(
             self.pipe.image_encoder,
@@ -69,6 +72,7 @@ class Generator:
         self.region_config = RegionConfig()
         install_processors(self.pipe.unet, self.region_config)
         self.output = OutputWriter(settings.output_format)
+        self.last_timings: dict[str, float] = {}  # seconds per stage of the latest prediction
         kind = "TINY RANDOM weights (test stand-ins: images are noise)" if self.tiny else "real weights"
         say(
             f"Loaded SDXL + IP-Adapter Plus with {kind} from {settings.weights_dir} on "
@@ -84,6 +88,7 @@ class Generator:
         # 1. Validate everything, references decoded, before any model work.
         valid = validate_request(request)
         seed = valid.seed if valid.seed is not None else secrets.randbelow(2**32)
+        plan = plan_for(valid.resolution, valid.aspect_ratio)
         say(f"Using seed: {seed}")
         tags = [r.tag for r in valid.references if r.tag]
         if tags:
@@ -92,9 +97,11 @@ class Generator:
             f"Generating image with ratio {valid.width}:{valid.height} "
             f"({valid.aspect_ratio} at {valid.resolution} resolution)"
         )
+        say(plan.describe())
         started = time.perf_counter()
+        clock = Stopwatch(self.runtime.device)
         try:
-            image = self._generate(valid, seed)
+            generation = self._generate(valid, seed, clock)
         except torch.OutOfMemoryError as exc:
             # Give the memory back so that the next request can run, and say what happened.
             self.release_memory()
@@ -102,24 +109,31 @@ class Generator:
                 f"out of GPU memory while generating {valid.width}x{valid.height} "
                 f"with {len(valid.references)} reference(s); the server is still ready ({exc})"
             ) from None
+        with clock.stage("write output"):
+            path = self.output.write(generation.image, seed)
+            if self.settings.save_masks:
+                self._write_masks(generation, path)
+        self.last_timings = clock.seconds
         say(f"Generated image in {time.perf_counter() - started:.1f}sec")
-        return self.output.write(image, seed)
+        return path
 
-    def _generate(self, valid: ValidRequest, seed: int) -> Image.Image:
+    def _generate(self, valid: ValidRequest, seed: int, clock: Stopwatch) -> Generation:
         # 2. Encode the references (cached).
-        encoded = self.encoder.encode([r.image for r in valid.references])
+        with clock.stage("reference encoding"):
+            encoded = self.encoder.encode([r.image for r in valid.references])
         if valid.references:
             say(f"Reference encodings: {encoded.hits} cached, {encoded.misses} encoded")
         # 3. Bind each reference to its @tag's tokens (the same positions in both SDXL tokenizers,
-        #    which share CLIP's vocabulary and differ only in padding).
+        #    which share CLIP's vocabulary and differ only in padding), and encode the text (cached).
         positions = mention_positions(valid.prompt, self.pipe.tokenizer)
         bindings = bind_references([r.tag for r in valid.references], valid.prompt, positions)
-        # 4. Denoise and decode.
+        with clock.stage("text encoding"):
+            text, _ = self.text.encode(valid.prompt.text)
+        # 4. Denoise and decode, following the size's plan.
         say("Generating...")
         inputs = GenerationInputs(
-            prompt=valid.prompt.text,
-            width=valid.width,
-            height=valid.height,
+            text=text,
+            plan=plan_for(valid.resolution, valid.aspect_ratio),
             seed=seed,
             references=encoded,
             bindings=bindings,
@@ -127,13 +141,27 @@ class Generator:
             steps=self.settings.steps,
             guidance=self.settings.guidance,
             ip_adapter_scale=self.settings.ip_adapter_scale,
+            refine_strength=self.settings.refine_strength,
+            vae_tiling=self.settings.vae_tiling,
         )
-        image, region = generate(self.pipe, inputs, self.runtime, on_step=Progress())
-        shares = region.shares()
+        generation = generate(self.pipe, self.refiner, inputs, self.runtime, clock, on_step=Progress())
+        if generation.tiled_decode:
+            say("VAE decode ran out of memory whole; decoded in tiles instead")
+        shares = generation.regions[-1].shares()
         for binding in bindings:
             if binding.tag and binding.kind != "global" and binding.index in shares:
                 say(f"@{binding.tag} covers {shares[binding.index]:.0%} of the image ({binding.kind})")
-        return image
+        return generation
+
+    def _write_masks(self, generation: Generation, output: Path) -> None:
+        region = generation.regions[-1]
+        masks = region.final_masks()
+        if masks is None:
+            say("No tag masks to write: no tagged reference was placed")
+            return
+        labels = [f"@{b.tag} ({b.kind})" if b.tag else f"reference {b.index + 1} (global)" for b in region.bindings]
+        path = write_mask_image(generation.image, masks.numpy(), labels, output.with_suffix(".masks.png"))
+        say(f"Tag masks written to {path}")
 
     def release_memory(self) -> None:
         gc.collect()

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 OUTPUT_FORMATS = ("png", "jpg", "webp")
+VAE_TILING_MODES = ("auto", "always", "never")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,13 @@ class Settings:
     output_format: str = "png"  # Replicate's output is PNG
     device: str = "auto"  # auto: cuda when available, else cpu
     reference_cache_size: int = 64  # encoded references kept (LRU); about 0.7 MB each in fp16
+    # img2img strength of the refine pass that brings the ~1 MP base to a larger output: hires-fix
+    # practice (and SDXL's refiner recipes) sit at 0.3 to 0.4; higher adds detail but drifts.
+    refine_strength: float = 0.35
+    # VAE decode in tiles: "auto" decodes whole and falls back to tiles only on out-of-memory.
+    vae_tiling: str = "auto"
+    # Write each tag's mask as an image beside the output (<name>.masks.png).
+    save_masks: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -38,8 +47,19 @@ class Settings:
             raise ValueError(
                 f"GEN4_OUTPUT_FORMAT must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}"
             )
+        if not 0.0 < self.refine_strength <= 1.0:
+            raise ValueError(f"GEN4_REFINE_STRENGTH must be in (0, 1], got {self.refine_strength}")
+        if self.vae_tiling not in VAE_TILING_MODES:
+            raise ValueError(f"GEN4_VAE_TILING must be one of {', '.join(VAE_TILING_MODES)}, got {self.vae_tiling!r}")
         if self.reference_cache_size < 1:
             raise ValueError(f"GEN4_REFERENCE_CACHE_SIZE must be at least 1, got {self.reference_cache_size}")
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}")
 
 
 def env_name(field_name: str) -> str:
@@ -55,7 +75,7 @@ def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
         raw = environ.get(env_name(field.name))
         if raw is None or raw == "":
             continue
-        convert = {"int": int, "float": float, "Path": Path}.get(str(field.type), str)
+        convert = {"int": int, "float": float, "Path": Path, "bool": _parse_bool}.get(str(field.type), str)
         try:
             values[field.name] = convert(raw.strip().lower() if convert is str else raw)
         except ValueError as exc:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
-from model.pipeline import MissingWeightsError, check_weights
+from model.generate import decode
+from model.pipeline import MissingWeightsError, Runtime, check_weights, load_pipeline
+from model.regions import RegionState
 from model.request import Request
 from model.service import Generator
 from model.settings import Settings
@@ -86,10 +92,11 @@ def test_replicate_log_lines(generator: Generator, capsys: pytest.CaptureFixture
         )
     )
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:3] == [
+    assert lines[:4] == [
         "Using seed: 1020561550",
         "Using reference tags: park, woman, man",
         "Generating image with ratio 1440:1080 (4:3 at 1080p resolution)",
+        "Base 1152x864, refined to 1440x1080",
     ]
     assert "Generating..." in lines and "0%" in lines and "100%" in lines
     assert lines[-1].startswith("Generated image in ") and lines[-1].endswith("sec")
@@ -104,3 +111,116 @@ def test_random_seed_is_drawn_and_logged(generator: Generator, capsys: pytest.Ca
 def test_missing_weights_name_the_download_script(tmp_path: Path) -> None:
     with pytest.raises(MissingWeightsError, match=r"scripts/download_weights\.py"):
         check_weights(tmp_path)
+
+
+def test_refine_pass_carries_the_base_pass_references_text_and_tag_masks(
+    generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict] = []
+    for cls in (StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline):
+        original = cls.__call__
+
+        def spy(self: object, *args: object, _original=original, _name=cls.__name__, **kwargs: object) -> object:
+            calls.append({"pipeline": _name, **kwargs})
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__call__", spy)
+    served: list[tuple[RegionState, torch.Tensor]] = []
+    layer_masks = RegionState.layer_masks
+
+    def record(self: RegionState, seq_len: int, device: torch.device) -> torch.Tensor:
+        masks = layer_masks(self, seq_len, device)
+        served.append((self, masks))
+        return masks
+
+    monkeypatch.setattr(RegionState, "layer_masks", record)
+    refs = [reference(tmp_path, "green"), reference(tmp_path, "pink")]
+    out = generator.predict(
+        Request(
+            prompt="@woman and @man on a beach",
+            resolution="1080p",
+            aspect_ratio="16:9",
+            reference_tags=["woman", "man"],
+            reference_images=refs,
+            seed=5,
+        )
+    )
+    with Image.open(out) as image:
+        assert image.size == (1920, 1080)
+    base, refine = calls
+    assert (base["pipeline"], refine["pipeline"]) == ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+    assert (base["width"], base["height"]) == (1344, 768) and refine["image"].size == (1920, 1080)
+    assert (base["target_size"], refine["target_size"]) == ((768, 1344), (1080, 1920))
+    # Same references and same text, the very same tensors.
+    assert refine["ip_adapter_image_embeds"][0] is base["ip_adapter_image_embeds"][0]
+    assert refine["prompt_embeds"] is base["prompt_embeds"]
+    assert refine["generator"] is base["generator"]
+    # Same tag masks: the refine state is the base state's final masks, frozen.
+    base_region, refine_region = base["cross_attention_kwargs"]["region"], refine["cross_attention_kwargs"]["region"]
+    assert refine_region.frozen and not base_region.frozen
+    assert refine_region.bindings == base_region.bindings
+    assert base_region.weights is not None and torch.equal(refine_region.weights, base_region.weights)
+    refine_masks = [m for state, m in served if state is refine_region]
+    assert refine_masks, "the refine pass never applied the tag masks"
+    for masks in refine_masks:
+        resized = torch.nn.functional.interpolate(base_region.weights[None], size=masks.shape[-2:], mode="nearest")
+        assert torch.equal(masks, resized)
+
+
+def test_fp16_load_is_fp16_throughout_and_the_vae_never_upcasts(tiny_weights: Path) -> None:
+    """The CUDA runtime's dtype, loaded (not run) on the CPU: every module in fp16, and the
+    fp16-fix VAE's config tells diffusers not to upcast it to fp32 (our own decode never does)."""
+    pipe = load_pipeline(tiny_weights, Runtime(torch.device("cpu"), torch.float16))
+    modules = {name: c for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
+    assert {"unet", "vae", "text_encoder", "text_encoder_2", "image_encoder"} <= set(modules)
+    wrong = [(name, p) for name, m in modules.items() for p, t in m.named_parameters() if t.dtype != torch.float16]
+    assert not wrong, wrong[:5]
+    assert pipe.vae.config.force_upcast is False
+
+
+def test_decode_falls_back_to_tiles_on_out_of_memory(generator: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    vae = generator.pipe.vae
+    real_decode = vae.decode
+    tiling_seen: list[bool] = []
+
+    def decode_oom_untiled(*args: object, **kwargs: object) -> object:
+        tiling_seen.append(vae.use_tiling)
+        if not vae.use_tiling:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(vae, "decode", decode_oom_untiled)
+    latents = torch.randn(1, 4, 96, 128, generator=torch.Generator().manual_seed(0))
+    image, tiled = decode(vae, generator.pipe.image_processor, latents, "auto")
+    assert tiled and image.size == (1024, 768) and tiling_seen == [False, True]
+    assert vae.use_tiling is False  # shared state restored for the next request
+    with pytest.raises(torch.OutOfMemoryError):
+        decode(vae, generator.pipe.image_processor, latents, "never")
+
+
+def test_save_masks_writes_where_each_tag_landed(
+    generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(generator, "settings", replace(generator.settings, save_masks=True))
+    refs = [reference(tmp_path, "green"), reference(tmp_path, "pink")]
+    out = generator.predict(
+        Request(
+            prompt="@woman standing in @park",
+            resolution="720p",
+            aspect_ratio="4:3",
+            reference_tags=["woman", "park"],
+            reference_images=refs,
+            seed=9,
+        )
+    )
+    masks_path = out.with_suffix(".masks.png")
+    assert f"Tag masks written to {masks_path}" in capsys.readouterr().out
+    with Image.open(masks_path) as overlay, Image.open(out) as image:
+        assert overlay.size == image.size == (960, 720)
+        pixels = np.asarray(overlay.convert("RGB"), dtype=np.int16)
+    # Every pixel belongs to the subject or to the place (the place is what no subject claims),
+    # so the whole picture is tinted: red (reference 1) or blue (reference 2), never plain grey.
+    body = pixels[80:, :]  # below the legend
+    red = (body[..., 0] - body[..., 2]) > 40
+    blue = (body[..., 2] - body[..., 0]) > 40
+    assert np.all(red | blue)
