@@ -1,10 +1,13 @@
 """Cog predictor with exactly the interface of Replicate's runwayml/gen4-image.
 
-Thin on purpose: the Input declarations, then one call into model/.
+Thin on purpose: the Input declarations, then one call into model/. `run` is async so that Cog
+can admit up to cog.yaml's `concurrency.max` predictions at once; model/queue.py runs their
+generations one at a time, first in first out, instead of answering 409.
 """
 
 from cog import BaseRunner, Input, Path
 
+from model.queue import GenerationQueue
 from model.request import Request
 from model.service import Generator
 from model.tables import (
@@ -18,9 +21,10 @@ from model.tables import (
 class Predictor(BaseRunner):
     def setup(self) -> None:
         """Load the model from WEIGHTS_DIR (default weights/); settings come from GEN4_* variables."""
-        self.generator = Generator.from_env()
+        generator = Generator.from_env()
+        self.queue = GenerationQueue(generator, generator.settings.queue_state_file)
 
-    def run(
+    async def run(
         self,
         seed: int | None = Input(description="Random seed. Set for reproducible generation", default=None),
         prompt: str = Input(description="Text prompt for image generation"),
@@ -37,7 +41,7 @@ class Predictor(BaseRunner):
             default=[],
         ),
     ) -> Path:
-        return self.generator.predict(
+        return await self.queue.predict(
             Request(
                 prompt=prompt,
                 resolution=resolution,

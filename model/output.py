@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +22,23 @@ _SAVE_OPTIONS = {
 
 
 class OutputWriter:
-    """Writes each prediction's image into a fresh folder and removes the previous one's.
+    """Writes each prediction's image into a fresh folder and removes the oldest ones.
 
-    Cog reads the returned file once run() returns, so only the last output needs to stay;
-    nothing piles up in the temporary folder over a long-running server.
+    Cog reads the returned file after run() returns, while queued predictions may already be
+    generating: the last `keep` outputs stay (more than the queue holds), older ones go, so nothing
+    piles up in the temporary folder over a long-running server.
     """
 
-    def __init__(self, output_format: str) -> None:
+    def __init__(self, output_format: str, keep: int = 8) -> None:
         self.output_format = output_format
-        self._last_dir: Path | None = None
+        self.keep = keep
+        self._dirs: deque[Path] = deque()
 
     def write(self, image: Image.Image, seed: int) -> Path:
-        self.clean()
         folder = Path(tempfile.mkdtemp(prefix="gen4-out-"))
-        self._last_dir = folder
+        self._dirs.append(folder)
+        while len(self._dirs) > self.keep:
+            shutil.rmtree(self._dirs.popleft(), ignore_errors=True)
         # Unique name: with --upload-url no prediction overwrites another's file.
         path = folder / f"gen4-{seed}-{uuid.uuid4().hex[:12]}.{self.output_format}"
         kind, options = _SAVE_OPTIONS[self.output_format]
@@ -42,9 +46,9 @@ class OutputWriter:
         return path
 
     def clean(self) -> None:
-        if self._last_dir is not None:
-            shutil.rmtree(self._last_dir, ignore_errors=True)
-            self._last_dir = None
+        """Remove every output folder this writer made."""
+        while self._dirs:
+            shutil.rmtree(self._dirs.popleft(), ignore_errors=True)
 
 
 def write_mask_image(image: Image.Image, masks: np.ndarray, labels: list[str], path: Path) -> Path:

@@ -12,13 +12,15 @@ import logging
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from model.download import download_missing
 from model.generate import Generation, GenerationInputs, Stopwatch, generate
 from model.output import OutputWriter, write_mask_image
-from model.pipeline import Runtime, img2img_from, load_pipeline, pick_runtime
+from model.pipeline import MissingWeightsError, Runtime, img2img_from, load_pipeline, pick_runtime
 from model.plan import plan_for
 from model.references import ReferenceEncoder
 from model.regions import RegionConfig, bind_references, install_processors
@@ -26,7 +28,7 @@ from model.request import Request, ValidRequest, validate_request
 from model.settings import Settings, settings_from_env
 from model.text import TextEncoder
 from model.tokens import mention_positions
-from model.weights import is_tiny
+from model.weights import is_tiny, missing_repos
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +39,25 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-class Progress:
-    """Prints denoising progress as whole percentages, as Replicate's logs show it."""
+StopCheck = Callable[[], bool]
 
-    def __init__(self, every: int = 10) -> None:
+
+class Canceled(Exception):  # noqa: N818 - the state's name, as Cog reports it
+    """The prediction was canceled between two denoising steps."""
+
+
+class Progress:
+    """Prints denoising progress as whole percentages, as Replicate's logs show it, and stops the
+    loop between two steps when asked to."""
+
+    def __init__(self, should_stop: StopCheck | None = None, every: int = 10) -> None:
+        self.should_stop = should_stop
         self.every = every
         self.last = -every
 
     def __call__(self, done: int, total: int) -> None:
+        if self.should_stop is not None and done and self.should_stop():
+            raise Canceled(f"canceled after {done} of {total} denoising steps")
         percent = 100 * done // total
         if percent - self.last >= self.every or done == total:
             self.last = percent
@@ -57,6 +70,15 @@ class Generator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.runtime: Runtime = pick_runtime(settings.device)
+        if settings.download_weights and missing_repos(settings.weights_dir):
+            say(f"Weights missing in {settings.weights_dir}: downloading them (mount it as a volume to keep them)")
+            try:
+                download_missing(settings.weights_dir, say=say)
+            except Exception as exc:  # the hub's many failure types: say what to do instead
+                raise MissingWeightsError(
+                    f"could not download the weights into {settings.weights_dir} ({type(exc).__name__}: {exc}); "
+                    "run scripts/download_weights.py where the Hugging Face hub is reachable and mount the folder"
+                ) from exc
         started = time.perf_counter()
         self.pipe = load_pipeline(settings.weights_dir, self.runtime)
         self.refiner = img2img_from(self.pipe)
@@ -83,10 +105,17 @@ class Generator:
     def from_env(cls) -> Generator:
         return cls(settings_from_env())
 
-    def predict(self, request: Request) -> Path:
+    def predict(self, request: Request, should_stop: StopCheck | None = None) -> Path:
         """Run one request end to end and return the output file."""
-        # 1. Validate everything, references decoded, before any model work.
-        valid = validate_request(request)
+        return self.run(self.validate(request), should_stop)
+
+    def validate(self, request: Request) -> ValidRequest:
+        """Every check, references decoded, before any model work (no GPU: runs while queued)."""
+        return validate_request(request)
+
+    def run(self, valid: ValidRequest, should_stop: StopCheck | None = None) -> Path:
+        """Generate a validated request. `should_stop` is checked after every denoising step:
+        when it says so, the prediction ends with Canceled within one step."""
         seed = valid.seed if valid.seed is not None else secrets.randbelow(2**32)
         plan = plan_for(valid.resolution, valid.aspect_ratio)
         say(f"Using seed: {seed}")
@@ -101,7 +130,10 @@ class Generator:
         started = time.perf_counter()
         clock = Stopwatch(self.runtime.device)
         try:
-            generation = self._generate(valid, seed, clock)
+            generation = self._generate(valid, seed, clock, should_stop)
+        except Canceled:
+            self.release_memory()
+            raise
         except torch.OutOfMemoryError as exc:
             # Give the memory back so that the next request can run, and say what happened.
             self.release_memory()
@@ -117,7 +149,7 @@ class Generator:
         say(f"Generated image in {time.perf_counter() - started:.1f}sec")
         return path
 
-    def _generate(self, valid: ValidRequest, seed: int, clock: Stopwatch) -> Generation:
+    def _generate(self, valid: ValidRequest, seed: int, clock: Stopwatch, should_stop: StopCheck | None) -> Generation:
         # 2. Encode the references (cached).
         with clock.stage("reference encoding"):
             encoded = self.encoder.encode([r.image for r in valid.references])
@@ -144,7 +176,7 @@ class Generator:
             refine_strength=self.settings.refine_strength,
             vae_tiling=self.settings.vae_tiling,
         )
-        generation = generate(self.pipe, self.refiner, inputs, self.runtime, clock, on_step=Progress())
+        generation = generate(self.pipe, self.refiner, inputs, self.runtime, clock, on_step=Progress(should_stop))
         if generation.tiled_decode:
             say("VAE decode ran out of memory whole; decoded in tiles instead")
         shares = generation.regions[-1].shares()

@@ -8,6 +8,7 @@ Pure: no torch.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -35,6 +36,10 @@ class Settings:
     vae_tiling: str = "auto"
     # Write each tag's mask as an image beside the output (<name>.masks.png).
     save_masks: bool = False
+    # At setup, download missing weights into weights_dir (a volume in Docker) before loading.
+    download_weights: bool = True
+    # Where the queue publishes how many predictions are in flight (read by scripts/drain.py).
+    queue_state_file: Path = Path(tempfile.gettempdir()) / "gen4-queue.json"
 
     def __post_init__(self) -> None:
         if self.steps < 1:

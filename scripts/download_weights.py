@@ -16,31 +16,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model.weights import ALL_REPOS, missing_repos
+from model.download import download_missing
 
 log = logging.getLogger("download_weights")
-
-
-def download(weights_dir: Path) -> None:
-    """Download every repository whose marker file is missing."""
-    from huggingface_hub import snapshot_download
-
-    todo = missing_repos(weights_dir)
-    for repo in ALL_REPOS:
-        if repo not in todo:
-            log.info("%s: present in %s, skipped", repo.repo_id, weights_dir / repo.folder)
-            continue
-        log.info("%s: downloading %s into %s", repo.repo_id, ", ".join(repo.allow_patterns), weights_dir / repo.folder)
-        snapshot_download(
-            repo_id=repo.repo_id,
-            local_dir=weights_dir / repo.folder,
-            allow_patterns=list(repo.allow_patterns),
-            token=os.environ.get("HF_TOKEN"),
-        )
-    still = missing_repos(weights_dir)
-    if still:
-        raise SystemExit(f"still missing after download: {', '.join(r.repo_id for r in still)}")
-    log.info("all weights present in %s", weights_dir)
 
 
 def main() -> None:
@@ -48,7 +26,8 @@ def main() -> None:
     parser.add_argument("--weights-dir", type=Path, default=Path(os.environ.get("WEIGHTS_DIR", "weights")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    download(args.weights_dir)
+    download_missing(args.weights_dir, say=log.info)
+    log.info("all weights present in %s", args.weights_dir)
 
 
 if __name__ == "__main__":

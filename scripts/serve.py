@@ -20,8 +20,16 @@ from pathlib import Path
 from typing import IO
 
 import requests
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def max_concurrency() -> int:
+    """cog.yaml's `concurrency.max`: `cog build` bakes it into the image as COG_MAX_CONCURRENCY,
+    which is what coglet reads; a local server must be told the same."""
+    config = yaml.safe_load((ROOT / "cog.yaml").read_text())
+    return int(config.get("concurrency", {}).get("max", 1))
 
 
 def free_port() -> int:
@@ -41,6 +49,7 @@ class CogServer:
         host: str = "127.0.0.1",
         extra_env: dict[str, str] | None = None,
         upload_url: str | None = None,
+        await_explicit_shutdown: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
@@ -50,10 +59,13 @@ class CogServer:
             "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
             "WEIGHTS_DIR": str(weights),
             "PORT": str(self.port),
+            "COG_MAX_CONCURRENCY": env.get("COG_MAX_CONCURRENCY") or str(max_concurrency()),
         } | (extra_env or {})
         command = [sys.executable, "-m", "cog.server.http", "--host", host]
         if upload_url:
             command += ["--upload-url", upload_url]
+        if await_explicit_shutdown:
+            command += ["--await-explicit-shutdown", "true"]
         self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
 
     def wait_ready(self, timeout: float = 600) -> dict:

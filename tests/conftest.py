@@ -49,9 +49,10 @@ def image_from_data_uri(uri: str) -> Image.Image:
 
 @pytest.fixture(scope="session")
 def cog_server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CogServer]:
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log_path, "w") as log:
-        server = CogServer(tiny_weights, log=log, extra_env={"GEN4_STEPS": "2"})
+    folder = tmp_path_factory.mktemp("server")
+    with open(folder / "server.log", "w") as log:
+        env = {"GEN4_STEPS": "2", "GEN4_QUEUE_STATE_FILE": str(folder / "queue.json")}
+        server = CogServer(tiny_weights, log=log, extra_env=env)
         try:
             server.wait_ready(timeout=300)
             yield server

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,7 @@ from model.request import Request
 from model.service import Generator
 from model.settings import Settings
 from model.tables import OUTPUT_SIZES
+from model.weights import ALL_REPOS, SDXL_VAE_FP16_FIX
 from tests.conftest import png_bytes
 
 
@@ -224,3 +227,32 @@ def test_save_masks_writes_where_each_tag_landed(
     red = (body[..., 0] - body[..., 2]) > 40
     blue = (body[..., 2] - body[..., 0]) > 40
     assert np.all(red | blue)
+
+
+def test_setup_downloads_missing_weights_into_the_folder_then_loads(
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The hub is replaced by a local copy of the tiny weights (no network in tests); the rest is the
+    real setup path: what is missing is fetched into WEIGHTS_DIR, in its layout, then loaded."""
+    fetched: list[str] = []
+
+    def fake_snapshot_download(repo_id: str, local_dir: Path, allow_patterns: list[str], token: str | None) -> str:
+        repo = next(r for r in ALL_REPOS if r.repo_id == repo_id)
+        shutil.copytree(tiny_weights / repo.folder, local_dir, dirs_exist_ok=True)
+        fetched.append(repo_id)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    volume = tmp_path / "weights"
+    shutil.copytree(tiny_weights / SDXL_VAE_FP16_FIX.folder, volume / SDXL_VAE_FP16_FIX.folder)  # one present
+    with pytest.raises(MissingWeightsError):
+        Generator(Settings(weights_dir=volume, device="cpu", download_weights=False))
+    assert fetched == []
+    Generator(Settings(weights_dir=volume, device="cpu", steps=1))
+    assert fetched == [r.repo_id for r in ALL_REPOS if r is not SDXL_VAE_FP16_FIX]
+    logs = capsys.readouterr().out
+    assert f"Weights missing in {volume}: downloading them" in logs
+    assert f"{SDXL_VAE_FP16_FIX.repo_id}: present in" in logs
+    # The volume is complete now: the next start downloads nothing.
+    Generator(Settings(weights_dir=volume, device="cpu", steps=1))
+    assert len(fetched) == 2

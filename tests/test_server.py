@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
 
 from model.tables import OUTPUT_SIZES
-from scripts.serve import CogServer
+from scripts.drain import drain, in_flight
+from scripts.serve import CogServer, max_concurrency
 from tests.conftest import data_uri, image_from_data_uri, png_bytes
 
 PROMPT = "a close up portrait of @woman and @man standing in @park, hands in pockets, looking cool."
@@ -29,7 +32,8 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append(json.loads(body))
+                # When it arrived, by our clock: the order in which predictions finished.
+                received.append({**json.loads(body), "_received": time.monotonic()})
                 self.send_response(200)
                 self.end_headers()
 
@@ -170,3 +174,88 @@ def test_bad_input_fails_with_its_message_and_the_server_keeps_serving(
         cog_server.predict({"prompt": "next one", "resolution": "720p", "aspect_ratio": "1:1"}).json()["status"]
         == "succeeded"
     )
+
+
+def submit(cog_server: CogServer, webhook: WebhookReceiver, name: str, inputs: dict) -> requests.Response:
+    """An async prediction with a chosen id, reporting to the webhook."""
+    return requests.put(
+        f"{cog_server.url}/predictions/{name}",
+        json={"input": inputs, "webhook": webhook.url},
+        headers={"Prefer": "respond-async"},
+        timeout=30,
+    )
+
+
+def test_a_burst_within_the_bound_all_succeed_and_one_more_gets_409(
+    cog_server: CogServer, webhook: WebhookReceiver
+) -> None:
+    bound = max_concurrency()
+    assert bound == 4  # cog.yaml's concurrency.max
+    run = uuid.uuid4().hex[:8]
+    inputs = {"prompt": "a tall ship", "resolution": "1080p", "aspect_ratio": "16:9", "seed": 7}
+    names = [f"burst-{run}-{k}" for k in range(bound)]
+    for name in names:
+        response = submit(cog_server, webhook, name, inputs)
+        assert response.status_code == 202, response.text
+    # All four admitted (one generating, three queued): a fifth is past the bound.
+    extra = submit(cog_server, webhook, f"burst-{run}-extra", inputs)
+    assert extra.status_code == 409, extra.text
+    done = [webhook.wait_for(name, {"succeeded", "failed", "canceled"}, timeout=300) for name in names]
+    assert [d["status"] for d in done] == ["succeeded"] * bound, [d.get("error") for d in done]
+    assert all(image_from_data_uri(d["output"]).size == (1920, 1080) for d in done)
+    assert len({d["output"] for d in done}) == 1  # same seed, same image, whatever the queue did
+    assert any("Waiting for the GPU: " in d["logs"] for d in done)
+    # First in, first out.
+    finished = [d["_received"] for d in done]
+    assert finished == sorted(finished)
+
+
+def test_cancel_a_queued_prediction(cog_server: CogServer, webhook: WebhookReceiver) -> None:
+    run = uuid.uuid4().hex[:8]
+    inputs = {"prompt": "a slow glacier", "resolution": "1080p", "aspect_ratio": "21:9"}
+    names = [f"queued-{run}-{k}" for k in range(3)]
+    for name in names:
+        assert submit(cog_server, webhook, name, inputs).status_code == 202
+    # Cancel once it is in the queue. (A cancel within milliseconds of the submission can reach
+    # coglet 0.23.1 before its worker has registered the prediction, and is then not applied.)
+    time.sleep(1.0)
+    cancel = requests.post(f"{cog_server.url}/predictions/{names[2]}/cancel", timeout=30)
+    assert cancel.status_code == 200, cancel.text
+    third = webhook.wait_for(names[2], {"canceled", "succeeded", "failed"}, timeout=300)
+    assert third["status"] == "canceled", third
+    first, second = (webhook.wait_for(n, {"canceled", "succeeded", "failed"}, timeout=300) for n in names[:2])
+    assert (first["status"], second["status"]) == ("succeeded", "succeeded")
+    # The canceled one left the line without ever running.
+    assert "Waiting for the GPU" in third["logs"] and "Generating..." not in third["logs"], third["logs"]
+    assert third["_received"] < first["_received"]
+
+
+def test_drain_lets_admitted_predictions_finish_then_shuts_down(
+    tiny_weights: Path, tmp_path: Path, webhook: WebhookReceiver
+) -> None:
+    """What the Kubernetes preStop hook does: the server ignores SIGTERM, scripts/drain.py waits for
+    the queue to empty, then POSTs /shutdown; nothing admitted is lost."""
+    state = tmp_path / "queue.json"
+    with open(tmp_path / "server.log", "w") as log:
+        server = CogServer(
+            tiny_weights,
+            log=log,
+            extra_env={"GEN4_STEPS": "2", "GEN4_QUEUE_STATE_FILE": str(state)},
+            await_explicit_shutdown=True,
+        )
+        try:
+            server.wait_ready(timeout=300)
+            run = uuid.uuid4().hex[:8]
+            names = [f"drain-{run}-{k}" for k in range(2)]
+            inputs = {"prompt": "a quiet harbour", "resolution": "720p", "aspect_ratio": "21:9"}
+            for name in names:
+                assert submit(cog_server=server, webhook=webhook, name=name, inputs=inputs).status_code == 202
+            time.sleep(0.5)
+            server.proc.send_signal(signal.SIGTERM)  # what Kubernetes sends: ignored
+            assert in_flight(state) == 2
+            assert drain(server.url, state, settle=0, timeout=120, poll=0.2) == 0
+            assert server.proc.wait(timeout=60) == 0
+            done = [webhook.wait_for(n, {"succeeded", "failed", "canceled"}, timeout=10) for n in names]
+            assert [d["status"] for d in done] == ["succeeded", "succeeded"]
+        finally:
+            server.stop()

@@ -1,0 +1,108 @@
+"""A queue instead of 409s: many requests accepted at once, one generation on the GPU at a time.
+
+Cog admits up to COG_MAX_CONCURRENCY predictions at once (cog.yaml `concurrency.max`) and answers
+409 past that: that is the queue's bound. Each admitted prediction is validated at once (bad input
+fails without waiting), then waits its turn first in first out, and runs its generation on one
+worker thread so that the event loop keeps serving health checks, new requests and cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from model.request import Request
+from model.service import Generator, say
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class GenerationQueue:
+    """FIFO access to one Generator from many concurrent async predictions."""
+
+    def __init__(self, generator: Generator, state_file: Path | None = None) -> None:
+        self.generator = generator
+        # Predictions admitted and not finished, published for scripts/drain.py (the pod's
+        # preStop hook), which waits for zero before asking Cog to shut down.
+        self.in_flight = 0
+        self.state_file = state_file
+        self._publish()
+        # One thread: generations never overlap, and CUDA work stays on one host thread.
+        self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gen4-gpu")
+        self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gen4-validate")
+        self._turn: asyncio.Lock | None = None  # created in the server's event loop
+        self.waiting = 0
+
+    async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
+        # A copy of the context: Cog routes each prediction's log lines by a ContextVar.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(pool, context.run, fn, *args)
+
+    def _publish(self) -> None:
+        if self.state_file is None:
+            return
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"in_flight": self.in_flight, "pid": os.getpid(), "time": time.time()}))
+        tmp.replace(self.state_file)  # atomic: a reader never sees half a file
+
+    async def predict(self, request: Request) -> Path:
+        """Validate, wait for the GPU (FIFO), generate. Cancel works while waiting (the request
+        leaves the queue) and while generating (it stops within one denoising step)."""
+        self.in_flight += 1
+        self._publish()
+        try:
+            return await self._predict(request)
+        finally:
+            self.in_flight -= 1
+            self._publish()
+
+    async def _predict(self, request: Request) -> Path:
+        if self._turn is None:
+            self._turn = asyncio.Lock()  # asyncio.Lock wakes its waiters first in, first out
+        # 1. Take a place in line on arrival, then validate while waiting: a bad request fails at
+        #    once, and the order is the order of arrival, however long each validation takes.
+        ahead = self.waiting + (1 if self._turn.locked() else 0)
+        self.waiting += 1
+        turn = asyncio.ensure_future(self._turn.acquire())
+        try:
+            valid = await self._in_thread(self._cpu, self.generator.validate, request)
+            if ahead:
+                say(f"Waiting for the GPU: {ahead} prediction(s) ahead")
+            await asyncio.shield(turn)
+        except BaseException:
+            await self._leave(turn)
+            raise
+        finally:
+            self.waiting -= 1
+        # 2. Generate on the GPU thread; a cancel stops it between two steps and waits for that,
+        #    so that the next prediction starts on a free GPU.
+        stop = threading.Event()
+        try:
+            future = asyncio.ensure_future(self._in_thread(self._gpu, self.generator.run, valid, stop.is_set))
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                stop.set()
+                await asyncio.wait([future])
+                if not future.cancelled():
+                    future.exception()  # retrieved: it is Canceled (or the step's own error)
+                raise
+        finally:
+            self._turn.release()
+
+    async def _leave(self, turn: asyncio.Future) -> None:
+        """Give up a place in line: withdraw it, or release the GPU if it was already granted."""
+        turn.cancel()
+        await asyncio.wait([turn])
+        if not turn.cancelled() and turn.exception() is None and self._turn is not None:
+            self._turn.release()
