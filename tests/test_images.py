@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import io
 import pathlib
-import struct
-import zlib
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from model.errors import InputError
 from model.images import check_source, decode_reference
 from tests.conftest import png_bytes
+from tests.samples import (
+    animated_gif,
+    bomb_png,
+    cmyk_jpeg,
+    exif_rotated_jpeg,
+    palette_png_with_transparency,
+    png_16_bit,
+)
 
 FIELD = "reference_images[0] (@woman)"
 
@@ -22,22 +27,6 @@ def write(tmp_path: pathlib.Path, data: bytes, name: str = "ref") -> pathlib.Pat
     path = tmp_path / name
     path.write_bytes(data)
     return path
-
-
-def bomb_png() -> bytes:
-    """A real 64x64 PNG whose header is rewritten to declare 30000x30000 pixels."""
-    data = bytearray(png_bytes((64, 64)))
-    ihdr = bytearray(data[12:29])  # "IHDR" + 13 bytes
-    ihdr[4:12] = struct.pack(">II", 30000, 30000)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    return bytes(data)
-
-
-def encoded(image: Image.Image, fmt: str, **kw: object) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 REFUSED = [
@@ -65,16 +54,14 @@ def test_aspect_bounds_are_inclusive(tmp_path: pathlib.Path) -> None:
 
 
 def test_cmyk_jpeg_becomes_rgb(tmp_path: pathlib.Path) -> None:
-    data = encoded(Image.new("CMYK", (120, 100), (0, 255, 255, 0)), "JPEG")
-    image = decode_reference(write(tmp_path, data), FIELD)
+    image = decode_reference(write(tmp_path, cmyk_jpeg()), FIELD)
     assert image.mode == "RGB" and image.size == (120, 100)
     r, g, b = image.getpixel((60, 50))
     assert r > 200 and g < 60 and b < 60  # cyan-free, magenta+yellow = red
 
 
 def test_16_bit_png_is_scaled_not_clipped(tmp_path: pathlib.Path) -> None:
-    array = np.full((100, 100), 32768, dtype=np.uint16)
-    data = encoded(Image.fromarray(array), "PNG")
+    data = png_16_bit()
     assert Image.open(io.BytesIO(data)).mode.startswith("I")
     image = decode_reference(write(tmp_path, data), FIELD)
     assert image.mode == "RGB"
@@ -82,27 +69,18 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path: pathlib.Path) -> None:
 
 
 def test_palette_with_transparency_lies_on_white(tmp_path: pathlib.Path) -> None:
-    image = Image.new("P", (100, 100), 0)
-    image.putpalette([0, 0, 0] * 256)
-    data = encoded(image, "PNG", transparency=0)
-    out = decode_reference(write(tmp_path, data), FIELD)
+    out = decode_reference(write(tmp_path, palette_png_with_transparency()), FIELD)
     assert out.mode == "RGB" and out.getpixel((10, 10)) == (255, 255, 255)
 
 
 def test_animated_gif_uses_first_frame(tmp_path: pathlib.Path) -> None:
-    frames = [Image.new("RGB", (100, 100), c) for c in ("red", "blue", "green")]
-    buf = io.BytesIO()
-    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
-    out = decode_reference(write(tmp_path, buf.getvalue()), FIELD)
+    out = decode_reference(write(tmp_path, animated_gif()), FIELD)
     r, g, b = out.getpixel((50, 50))
     assert r > 200 and g < 50 and b < 50
 
 
 def test_exif_rotated_jpeg_is_turned_upright(tmp_path: pathlib.Path) -> None:
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 CW to display
-    data = encoded(Image.new("RGB", (200, 100), "red"), "JPEG", exif=exif.tobytes())
-    assert decode_reference(write(tmp_path, data), FIELD).size == (100, 200)
+    assert decode_reference(write(tmp_path, exif_rotated_jpeg()), FIELD).size == (100, 200)
 
 
 class DownloadedPath(pathlib.PosixPath):
