@@ -16,6 +16,16 @@ from PIL import Image
 from scripts.serve import CogServer
 
 ROOT = Path(__file__).resolve().parent.parent
+# Servers under test reach nothing but 127.0.0.1: any other URL (a fuzzed webhook, a reference
+# URL) goes to a proxy that refuses. Webhooks and uploads to 127.0.0.1 pass (NO_PROXY).
+OFFLINE_ENV = {
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "ALL_PROXY": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost",
+}
+for _name in list(OFFLINE_ENV):
+    OFFLINE_ENV[_name.lower()] = OFFLINE_ENV[_name]
 SHARED = Path(os.environ.get("GEN4_SHARED_DIR", ROOT.parent / "shared"))
 
 
@@ -51,7 +61,7 @@ def image_from_data_uri(uri: str) -> Image.Image:
 def cog_server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CogServer]:
     folder = tmp_path_factory.mktemp("server")
     with open(folder / "server.log", "w") as log:
-        env = {"GEN4_STEPS": "2", "GEN4_QUEUE_STATE_FILE": str(folder / "queue.json")}
+        env = {"GEN4_STEPS": "2", "GEN4_QUEUE_STATE_FILE": str(folder / "queue.json"), **OFFLINE_ENV}
         server = CogServer(tiny_weights, log=log, extra_env=env)
         try:
             server.wait_ready(timeout=300)

@@ -17,7 +17,7 @@ import requests
 from model.tables import OUTPUT_SIZES
 from scripts.drain import drain, in_flight
 from scripts.serve import CogServer, max_concurrency
-from tests.conftest import data_uri, image_from_data_uri, png_bytes
+from tests.conftest import OFFLINE_ENV, data_uri, image_from_data_uri, png_bytes
 
 PROMPT = "a close up portrait of @woman and @man standing in @park, hands in pockets, looking cool."
 
@@ -215,7 +215,7 @@ def test_drain_lets_admitted_predictions_finish_then_shuts_down(
         server = CogServer(
             tiny_weights,
             log=log,
-            extra_env={"GEN4_STEPS": "2", "GEN4_QUEUE_STATE_FILE": str(state)},
+            extra_env={"GEN4_STEPS": "2", "GEN4_QUEUE_STATE_FILE": str(state), **OFFLINE_ENV},
             await_explicit_shutdown=True,
         )
         try:
