@@ -52,7 +52,8 @@ class GenerationQueue:
         if self.state_file is None:
             return
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"in_flight": self.in_flight, "pid": os.getpid(), "time": time.time()}))
+        state = {"in_flight": self.in_flight, "pid": os.getpid(), "time": time.time(), **self.generator.stats()}
+        tmp.write_text(json.dumps(state))
         tmp.replace(self.state_file)  # atomic: a reader never sees half a file
 
     async def predict(self, request: Request) -> Path:

@@ -195,6 +195,15 @@ class Generator:
         path = write_mask_image(generation.image, masks.numpy(), labels, output.with_suffix(".masks.png"))
         say(f"Tag masks written to {path}")
 
+    def stats(self) -> dict[str, int]:
+        """Cache sizes and bounds, published with the queue's state (for the soak test)."""
+        return {
+            "reference_cache": len(self.encoder.cache),
+            "reference_cache_capacity": self.encoder.cache.capacity,
+            "text_cache": len(self.text.cache),
+            "text_cache_capacity": self.text.cache.capacity,
+        }
+
     def release_memory(self) -> None:
         gc.collect()
         if self.runtime.device.type == "cuda":

@@ -1,0 +1,47 @@
+"""The real Predictor with a fault injector, for tests/test_faults.py only.
+
+A prompt containing `inject-oom` makes the UNet raise torch.OutOfMemoryError (what CUDA raises)
+at its first call in that prediction; `release_memory` says in the prediction's logs when it runs,
+and appends a line to the file FAULT_LOG names (log lines after a cancel reach no prediction).
+Everything else is the real model and the real server.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from model.request import Request
+from model.service import say
+from predict import Predictor
+
+
+class FaultyPredictor(Predictor):
+    def setup(self) -> None:
+        super().setup()
+        generator = self.queue.generator
+        armed = {"oom": False}
+        validate, forward, release = generator.validate, generator.pipe.unet.forward, generator.release_memory
+
+        def validate_and_arm(request: Request):
+            armed["oom"] = "inject-oom" in request.prompt
+            return validate(request)
+
+        def unet_forward(*args: object, **kwargs: object) -> object:
+            if armed["oom"]:
+                armed["oom"] = False
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            return forward(*args, **kwargs)
+
+        def release_and_say() -> None:
+            release()
+            say("[fault-injector] release_memory ran")
+            if os.environ.get("FAULT_LOG"):
+                with open(os.environ["FAULT_LOG"], "a") as f:
+                    f.write(f"release_memory {time.time()}\n")
+
+        generator.validate = validate_and_arm
+        generator.pipe.unet.forward = unet_forward
+        generator.release_memory = release_and_say
