@@ -25,11 +25,19 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def cog_config() -> dict:
+    return yaml.safe_load((ROOT / "cog.yaml").read_text())
+
+
 def max_concurrency() -> int:
     """cog.yaml's `concurrency.max`: `cog build` bakes it into the image as COG_MAX_CONCURRENCY,
     which is what coglet reads; a local server must be told the same."""
-    config = yaml.safe_load((ROOT / "cog.yaml").read_text())
-    return int(config.get("concurrency", {}).get("max", 1))
+    return int(cog_config().get("concurrency", {}).get("max", 1))
+
+
+def cog_environment() -> dict[str, str]:
+    """cog.yaml's `environment` (NAME=value lines), which the image sets at runtime."""
+    return dict(item.split("=", 1) for item in cog_config().get("environment") or [])
 
 
 def free_port() -> int:
@@ -55,7 +63,7 @@ class CogServer:
         self.url = f"http://{host}:{self.port}"
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env |= {
+        env |= cog_environment() | {
             "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
             "WEIGHTS_DIR": str(weights),
             "PORT": str(self.port),

@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from scripts.serve import max_concurrency
+from scripts.serve import cog_environment, max_concurrency
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "deploy" / "kubernetes.yaml"
@@ -40,3 +40,10 @@ def test_deployment_runs_one_gpu_per_pod_ready_when_ready_and_drains() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert int(env["COG_MAX_CONCURRENCY"]) == max_concurrency()
     assert env["WEIGHTS_DIR"] == next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "weights")
+
+
+def test_manifest_sets_the_runtime_environment_of_cog_yaml() -> None:
+    deployment = next(d for d in documents() if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert cog_environment().items() <= env.items()

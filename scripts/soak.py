@@ -1,0 +1,178 @@
+"""Soak test: N sequential predictions through the real Cog server; memory, cache and temporary
+files must stay flat.
+
+    python scripts/soak.py [--n 200] [--warmup 5] [--weights-dir DIR] [--json FILE]
+
+Starts its own server (tiny offline weights unless --weights-dir holds real ones) with a private
+TMPDIR and a small reference cache, then sends predictions that rotate through the 720p sizes,
+each with a never-seen reference image (so the cache must evict) and a repeated one (so it hits).
+After the warm-up it compares, at the end: resident memory of the server's process tree (at most
+5% growth), the reference cache (never above its bound), and the files under TMPDIR (no pile-up).
+Exit status 0 when all hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from model.tables import ASPECT_RATIOS
+from scripts.run_sample import pick_weights
+from scripts.serve import CogServer
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_SIZE = 4
+MAX_RSS_GROWTH = 0.05
+# Outputs the server keeps on purpose (model/output.py keeps the last 8 folders) plus slack for
+# the downloads of the prediction in flight.
+FILE_SLACK = 12
+
+
+@dataclass
+class Report:
+    predictions: int
+    warmup: int
+    rss_after_warmup_mb: float
+    rss_end_mb: float
+    rss_growth: float
+    reference_cache: int
+    reference_cache_capacity: int
+    files_after_warmup: int
+    files_end: int
+    failures: int
+    seconds: float
+    passed: bool
+    problems: list[str]
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        children.setdefault(int(fields["PPid"]), []).append(int(fields["Pid"]))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def count_files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
+def reference_uri(rng: random.Random) -> str:
+    """A never-seen 256x256 reference image (random pixels), as a data URI."""
+    image = Image.frombytes("RGB", (256, 256), rng.randbytes(256 * 256 * 3))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def soak(n: int, warmup: int, weights_dir: Path, steps: int = 2, log: Path | None = None) -> Report:
+    """Run the soak and judge it."""
+    rng = random.Random(0)
+    repeated = reference_uri(rng)
+    work = Path(tempfile.mkdtemp(prefix="gen4-soak-"))
+    tmp = work / "tmp"
+    tmp.mkdir()
+    state = work / "queue.json"
+    env = {
+        "TMPDIR": str(tmp),
+        "GEN4_STEPS": str(steps),
+        "GEN4_REFERENCE_CACHE_SIZE": str(CACHE_SIZE),
+        "GEN4_QUEUE_STATE_FILE": str(state),
+    }
+    started = time.perf_counter()
+    failures = 0
+    with open(log or work / "server.log", "w") as log_file:
+        server = CogServer(weights_dir, log=log_file, extra_env=env)
+        try:
+            server.wait_ready(timeout=600)
+            rss0 = files0 = 0
+            for k in range(n):
+                inputs = {
+                    "prompt": f"@subject and @place, variation {k}",
+                    "resolution": "720p",
+                    "aspect_ratio": ASPECT_RATIOS[k % len(ASPECT_RATIOS)],
+                    "reference_tags": ["subject", "place"],
+                    "reference_images": [reference_uri(rng), repeated],
+                    "seed": k,
+                }
+                body = server.predict(inputs).json()
+                failures += body.get("status") != "succeeded"
+                if k + 1 == warmup:
+                    rss0, files0 = tree_rss_bytes(server.proc.pid), count_files(tmp)
+            rss1, files1 = tree_rss_bytes(server.proc.pid), count_files(tmp)
+            cache = json.loads(state.read_text())
+        finally:
+            server.stop()
+    growth = rss1 / rss0 - 1 if rss0 else 0.0
+    problems = []
+    if failures:
+        problems.append(f"{failures} prediction(s) did not succeed")
+    if growth > MAX_RSS_GROWTH:
+        problems.append(f"resident memory grew {growth:.1%} after the warm-up (limit {MAX_RSS_GROWTH:.0%})")
+    if cache["reference_cache"] > cache["reference_cache_capacity"]:
+        problems.append(f"reference cache holds {cache['reference_cache']} > {cache['reference_cache_capacity']}")
+    if files1 > files0 + FILE_SLACK:
+        problems.append(f"temporary files piled up: {files0} after the warm-up, {files1} at the end")
+    return Report(
+        predictions=n,
+        warmup=warmup,
+        rss_after_warmup_mb=rss0 / 2**20,
+        rss_end_mb=rss1 / 2**20,
+        rss_growth=growth,
+        reference_cache=cache["reference_cache"],
+        reference_cache_capacity=cache["reference_cache_capacity"],
+        files_after_warmup=files0,
+        files_end=files1,
+        failures=failures,
+        seconds=time.perf_counter() - started,
+        passed=not problems,
+        problems=problems,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2, help="GEN4_STEPS for the server")
+    parser.add_argument("--weights-dir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if args.n <= args.warmup:
+        parser.error("--n must be larger than --warmup")
+    weights = args.weights_dir or pick_weights()[0]
+    report = soak(args.n, args.warmup, weights, steps=args.steps)
+    text = json.dumps(asdict(report), indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    sys.exit(0 if report.passed else 1)
+
+
+if __name__ == "__main__":
+    main()
