@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0, IPAdapterAttnProcessor2_0
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor2_0,
+    FusedAttnProcessor2_0,
+    IPAdapterAttnProcessor2_0,
+)
 
 from model.prompt import ParsedPrompt
 
@@ -273,14 +278,33 @@ class RegionAwareAttnProcessor2_0(AttnProcessor2_0):  # noqa: N801 - diffusers' 
         return super().__call__(*args, **kwargs)
 
 
-def install_processors(unet: torch.nn.Module, config: RegionConfig) -> None:
-    """Swap every IP-Adapter cross-attention processor for the tag-region one (same weights),
-    and every plain one for its region-aware twin."""
+class RegionAwareFusedAttnProcessor2_0(FusedAttnProcessor2_0):  # noqa: N801 - diffusers' naming
+    """diffusers' fused-QKV SDPA processor for self-attention, accepting (and ignoring) `region`."""
+
+    def __call__(self, *args: object, region: RegionState | None = None, **kwargs: object) -> torch.Tensor:  # type: ignore[override]
+        return super().__call__(*args, **kwargs)
+
+
+def install_processors(unet: torch.nn.Module, config: RegionConfig, fuse_self_attention: bool = False) -> int:
+    """Swap every IP-Adapter cross-attention processor for the tag-region one (same weights), and
+    every plain one for its region-aware twin. With `fuse_self_attention`, each self-attention's Q,
+    K and V projections become one matmul (diffusers' fuse_projections); cross-attention is never
+    fused, so that its IP-Adapter processors stay. Returns how many layers were fused."""
     processors = {}
+    fused = 0
     for name, proc in unet.attn_processors.items():
+        module = unet.get_submodule(name.removesuffix(".processor"))
         if isinstance(proc, IPAdapterAttnProcessor2_0) and not isinstance(proc, TagRegionAttnProcessor):
             proc = TagRegionAttnProcessor.replacing(proc, anchor=name.startswith(config.anchor_prefix))
-        elif type(proc) is AttnProcessor2_0:
-            proc = RegionAwareAttnProcessor2_0()
+        elif type(proc) in (AttnProcessor2_0, RegionAwareAttnProcessor2_0):
+            # Self-attention only: the transformer blocks' attn1. (IP-Adapter Plus's resampler has
+            # Attention modules too, called with the image features as context: never fused.)
+            if fuse_self_attention and name.endswith("attn1.processor") and not module.is_cross_attention:
+                module.fuse_projections(fuse=True)
+                proc = RegionAwareFusedAttnProcessor2_0()
+                fused += 1
+            else:
+                proc = RegionAwareAttnProcessor2_0()
         processors[name] = proc
     unet.set_attn_processor(processors)
+    return fused

@@ -92,7 +92,7 @@ class Generator:
         )
         self.encoder.negative()  # computed once, at setup
         self.region_config = RegionConfig()
-        install_processors(self.pipe.unet, self.region_config)
+        install_processors(self.pipe.unet, self.region_config, fuse_self_attention=settings.fuse_qkv)
         self.output = OutputWriter(settings.output_format)
         self.last_timings: dict[str, float] = {}  # seconds per stage of the latest prediction
         kind = "TINY RANDOM weights (test stand-ins: images are noise)" if self.tiny else "real weights"

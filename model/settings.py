@@ -38,6 +38,8 @@ class Settings:
     save_masks: bool = False
     # At setup, download missing weights into weights_dir (a volume in Docker) before loading.
     download_weights: bool = True
+    # Fuse each self-attention's Q, K, V projections into one matmul (cross-attention stays as is).
+    fuse_qkv: bool = True
     # Where the queue publishes how many predictions are in flight (read by scripts/drain.py).
     queue_state_file: Path = Path(tempfile.gettempdir()) / "gen4-queue.json"
 

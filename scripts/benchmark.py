@@ -1,14 +1,19 @@
-"""Benchmark: the cost of tag-localized injection against plain multi-image IP-Adapter.
+"""Benchmark: per-size latency and stages, reference-cache gain, server overhead, and the cost of
+tag-localized injection against plain multi-image IP-Adapter; all measured in one run.
 
-    python scripts/benchmark.py [--weights-dir DIR] [--steps 4] [--runs 5] [--size 960x720]
+    python scripts/benchmark.py [--weights-dir DIR] [--steps 30] [--runs 5] [--entries all|1080p|E,...]
+                                [--no-server] [--no-injection] [--fast] [--out docs/benchmarks]
 
-Runs the same request (3 tagged references, same seed, steps and size) through the loaded SDXL
-pipeline twice per round, interleaved: once as diffusers' plain multi-image IP-Adapter (no region
-state: all references attend jointly over the whole image), once with this project's per-tag
-region masks. Reports the median of each and their ratio, measured side by side in one run, and
-writes JSON + a markdown table under docs/benchmarks/ naming the device, versions and date.
-Uses the real weights when the folder holds them, else builds tiny random ones (then the absolute
-times mean nothing; only the ratio is of interest, and it is a CPU ratio).
+Sizes: for each ratio-table entry, with 0 and with 3 tagged references, the warm latency (median of
+--runs after a warm-up), denoising steps per second, each stage's time (reference encoding, text
+encoding, base denoise, refine, VAE decode, resize, PNG write), the refine pass as a fraction of
+the base pass, and peak GPU memory on CUDA. References: encoding time cold (new images) and
+cached. Server: the same request end to end through the real Cog server, so that its overhead is
+the difference from the in-process latency. Injection: the same request through the loaded
+pipeline as diffusers' plain multi-image IP-Adapter and with this project's per-tag region masks,
+interleaved. Writes JSON and a markdown table under docs/benchmarks/, naming device, versions and
+date. Uses the real weights when the folder holds them, else tiny random ones (then only ratios
+mean anything, and only for that CPU). --fast: 2 entries, 1 run, 2 steps (for CI).
 """
 
 from __future__ import annotations
@@ -28,16 +33,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import base64  # noqa: E402
+import contextlib  # noqa: E402
+import io  # noqa: E402
+
 import diffusers  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from model.plan import plan_for  # noqa: E402
 from model.prompt import parse_prompt  # noqa: E402
 from model.regions import RegionConfig, RegionState, bind_references  # noqa: E402
+from model.request import Request  # noqa: E402
 from model.service import Generator  # noqa: E402
 from model.settings import Settings  # noqa: E402
+from model.tables import OUTPUT_SIZES  # noqa: E402
 from model.tokens import mention_positions  # noqa: E402
 from model.weights import is_tiny, missing_repos  # noqa: E402
+from scripts.serve import CogServer  # noqa: E402
 
 log = logging.getLogger("benchmark")
 PROMPT = "a close up portrait of @woman and @man standing in @park, hands in pockets, looking cool."
@@ -60,41 +73,137 @@ def time_call(fn: object) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights-dir", type=Path, default=ROOT / "weights")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--size", default="960x720")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    weights = args.weights_dir
-    if missing_repos(weights):
-        weights = Path(tempfile.mkdtemp(prefix="tiny-weights-"))
-        log.info("no complete weights in %s: building tiny random weights in %s", args.weights_dir, weights)
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_weights.py"), str(weights)], check=True)
-    width, height = (int(v) for v in args.size.split("x"))
+def quiet() -> contextlib.AbstractContextManager:
+    """The prediction logs go to stdout; keep the benchmark's own output readable."""
+    return contextlib.redirect_stdout(io.StringIO())
 
-    started = time.perf_counter()
-    generator = Generator(Settings(weights_dir=weights, steps=args.steps))
-    setup_s = time.perf_counter() - started
+
+def reference_files(folder: Path, colours: tuple[str, ...] = ("green", "pink", "navy")) -> list[Path]:
+    paths = []
+    for colour in colours:
+        path = folder / f"{colour}.png"
+        Image.new("RGB", (512, 512), colour).save(path)
+        paths.append(path)
+    return paths
+
+
+def request_for(entry: tuple[str, str], references: list[Path]) -> Request:
+    resolution, aspect = entry
+    return Request(
+        prompt=PROMPT if references else "a lighthouse on a cliff at dusk",
+        resolution=resolution,
+        aspect_ratio=aspect,
+        reference_tags=TAGS[: len(references)],
+        reference_images=references,
+        seed=1,
+    )
+
+
+def bench_sizes(generator: Generator, entries: list[tuple[str, str]], refs: list[Path], runs: int) -> list[dict]:
+    """Warm latency, steps/s and stages per entry, with 0 and with 3 references."""
+    rows = []
+    cuda = generator.runtime.device.type == "cuda"
+    for entry in entries:
+        for references in ([], refs):
+            request = request_for(entry, references)
+            with quiet():
+                generator.predict(request)  # warm-up: allocator, caches
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            latencies, stages = [], []
+            for _ in range(runs):
+                latencies.append(time_call(lambda request=request: quiet_predict(generator, request)))
+                stages.append(dict(generator.last_timings))
+            median = {k: statistics.median(s.get(k, 0.0) for s in stages) for k in stages[0]}
+            plan = plan_for(*entry)
+            refine_steps = max(1, int(generator.settings.steps * generator.settings.refine_strength))
+            denoise_s = median.get("base denoise", 0) + median.get("refine", 0)
+            steps = generator.settings.steps + (refine_steps if plan.refine else 0)
+            rows.append(
+                {
+                    "entry": f"{entry[0]} {entry[1]}",
+                    "size": "{}x{}".format(*plan.target),
+                    "plan": plan.describe(),
+                    "references": len(references),
+                    "latency_s": round(statistics.median(latencies), 4),
+                    "steps_per_s": round(steps / denoise_s, 2) if denoise_s else None,
+                    "refine_over_base": round(median["refine"] / median["base denoise"], 3) if plan.refine else None,
+                    "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
+                    "stages_s": {k: round(v, 4) for k, v in median.items()},
+                }
+            )
+            log.info("%s: %s", rows[-1]["entry"], json.dumps(rows[-1]))
+    return rows
+
+
+def quiet_predict(generator: Generator, request: Request) -> None:
+    with quiet():
+        generator.predict(request)
+
+
+def bench_reference_cache(generator: Generator, runs: int) -> dict:
+    """Encoding 3 references never seen before against the same 3 from the cache."""
+    cold, cached = [], []
+    for k in range(runs):
+        images = [Image.new("RGB", (512, 512), (k * 7 % 256, 40 * i, 90)) for i in range(3)]
+        cold.append(time_call(lambda images=images: generator.encoder.encode(images)))
+        cached.append(time_call(lambda images=images: generator.encoder.encode(images)))
+    return {
+        "cold_s": round(statistics.median(cold), 5),
+        "cached_s": round(statistics.median(cached), 5),
+        "speedup": round(statistics.median(cold) / statistics.median(cached), 1),
+    }
+
+
+def bench_server(weights: Path, steps: int, entry: tuple[str, str], refs: list[Path], in_process_s: float) -> dict:
+    """One request end to end through the real Cog server (after a warm-up request)."""
+    inputs = {
+        "prompt": PROMPT,
+        "resolution": entry[0],
+        "aspect_ratio": entry[1],
+        "reference_tags": TAGS,
+        "reference_images": ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in refs],
+        "seed": 1,
+    }
+    with tempfile.TemporaryDirectory() as folder, open(Path(folder) / "server.log", "w") as server_log:
+        server = CogServer(weights, log=server_log, extra_env={"GEN4_STEPS": str(steps)})
+        try:
+            setup_started = time.perf_counter()
+            server.wait_ready(timeout=900)
+            setup_s = time.perf_counter() - setup_started
+            server.predict(inputs)  # warm-up
+            started = time.perf_counter()
+            body = server.predict(inputs).json()
+            end_to_end = time.perf_counter() - started
+        finally:
+            server.stop()
+    assert body["status"] == "succeeded", body.get("error")
+    return {
+        "entry": f"{entry[0]} {entry[1]}",
+        "server_setup_s": round(setup_s, 2),
+        "end_to_end_s": round(end_to_end, 4),
+        "in_process_s": round(in_process_s, 4),
+        "server_overhead_s": round(end_to_end - in_process_s, 4),
+    }
+
+
+def bench_injection(generator: Generator, steps: int, runs: int, width: int, height: int) -> dict:
+    """Plain multi-image IP-Adapter vs tag-localized, denoising only, interleaved."""
     pipe, runtime = generator.pipe, generator.runtime
     images = [Image.new("RGB", (512, 512), c) for c in ("green", "pink", "navy")]
-    encoded = generator.encoder.encode(images)
-    embeds = encoded.ip_adapter_embeds(guidance=True).to(runtime.device, runtime.dtype)
+    embeds = generator.encoder.encode(images).ip_adapter_embeds(guidance=True).to(runtime.device, runtime.dtype)
     parsed = parse_prompt(PROMPT)
     bindings = bind_references(list(TAGS), parsed, mention_positions(parsed, pipe.tokenizer))
     pipe.set_ip_adapter_scale(generator.settings.ip_adapter_scale)
     scale = pipe.vae_scale_factor
 
     def run(localized: bool) -> None:
-        region = RegionState(bindings, RegionConfig(), args.steps, (height // scale, width // scale))
+        region = RegionState(bindings, RegionConfig(), steps, (height // scale, width // scale))
         pipe(
             prompt=parsed.text,
             width=width,
             height=height,
-            num_inference_steps=args.steps,
+            num_inference_steps=steps,
             guidance_scale=generator.settings.guidance,
             ip_adapter_image_embeds=[embeds],
             generator=torch.Generator(device=runtime.device).manual_seed(1),
@@ -105,37 +214,115 @@ def main() -> None:
 
     run(False), run(True)  # warm-up
     plain, localized = [], []
-    for _ in range(args.runs):
+    for _ in range(runs):
         plain.append(time_call(lambda: run(False)))
         localized.append(time_call(lambda: run(True)))
-    result = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "device": device_name(),
-        "weights": "tiny random" if is_tiny(weights) else "real",
-        "versions": {
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "python": platform.python_version(),
-        },
+    return {
         "size": f"{width}x{height}",
-        "steps": args.steps,
+        "steps": steps,
         "references": 3,
-        "runs": args.runs,
-        "setup_s": round(setup_s, 2),
         "plain_ip_adapter_median_s": round(statistics.median(plain), 4),
         "tag_localized_median_s": round(statistics.median(localized), 4),
         "ratio_localized_over_plain": round(statistics.median(localized) / statistics.median(plain), 3),
-        "note": "denoising only (output_type=latent); both arms in one process, interleaved",
     }
+
+
+def markdown(result: dict) -> str:
+    """The results as the table docs/benchmarks/*.md holds."""
+    lines = [
+        f"# Benchmark: {result['weights']} weights on {result['device']}",
+        "",
+        f"{result['date']}; steps {result['steps']}, runs {result['runs']}; "
+        + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+        + f"; setup {result['setup_s']} s",
+        "",
+    ]
+    if result.get("sizes"):
+        stage_names = sorted({k for row in result["sizes"] for k in row["stages_s"]})
+        lines += [
+            "| entry | size | refs | latency s | steps/s | refine/base | peak GPU GB | "
+            + " | ".join(stage_names)
+            + " |",
+            "|---" * (7 + len(stage_names)) + "|",
+        ]
+        for row in result["sizes"]:
+            cells = [row["entry"], row["size"], row["references"], row["latency_s"], row["steps_per_s"]]
+            cells += [row["refine_over_base"], row["peak_gpu_gb"]] + [row["stages_s"].get(k, "") for k in stage_names]
+            lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
+        lines.append("")
+    for key in ("reference_cache", "server", "injection"):
+        if result.get(key):
+            lines += [f"**{key}**: " + ", ".join(f"{k} {v}" for k, v in result[key].items()), ""]
+    return "\n".join(lines)
+
+
+def pick_entries(spec: str) -> list[tuple[str, str]]:
+    every = [(r, a) for r, table in OUTPUT_SIZES.items() for a in table]
+    if spec == "all":
+        return every
+    if spec in OUTPUT_SIZES:
+        return [e for e in every if e[0] == spec]
+    wanted = [tuple(item.split()) for item in spec.split(",")]
+    unknown = [w for w in wanted if w not in every]
+    if unknown:
+        raise SystemExit(f"--entries: unknown {unknown}; use all, 720p, 1080p or e.g. '1080p 4:3,720p 1:1'")
+    return wanted  # type: ignore[return-value]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights-dir", type=Path, default=ROOT / "weights")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--entries", default="all", help="all, 720p, 1080p, or 'RES AR,RES AR'")
+    parser.add_argument("--no-server", action="store_true")
+    parser.add_argument("--no-injection", action="store_true")
+    parser.add_argument("--fast", action="store_true", help="2 entries, 1 run, 2 steps: a smoke run for CI")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    args = parser.parse_args()
+    if args.fast:
+        args.steps, args.runs, args.entries = 2, 1, "720p 16:9,1080p 4:3"
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    weights = args.weights_dir
+    if missing_repos(weights):
+        weights = Path(tempfile.mkdtemp(prefix="tiny-weights-"))
+        log.info("no complete weights in %s: building tiny random weights in %s", args.weights_dir, weights)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_weights.py"), str(weights)], check=True)
+    entries = pick_entries(args.entries)
+
+    started = time.perf_counter()
+    with quiet():
+        generator = Generator(Settings(weights_dir=weights, steps=args.steps))
+    setup_s = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as folder:
+        refs = reference_files(Path(folder))
+        sizes = bench_sizes(generator, entries, refs, args.runs)
+        result = {
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "device": device_name(),
+            "weights": "tiny random" if is_tiny(weights) else "real",
+            "versions": {
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "python": platform.python_version(),
+            },
+            "steps": args.steps,
+            "runs": args.runs,
+            "setup_s": round(setup_s, 2),
+            "sizes": sizes,
+            "reference_cache": bench_reference_cache(generator, max(3, args.runs)),
+        }
+        if not args.no_injection:
+            width, height = plan_for(*entries[-1]).base
+            result["injection"] = bench_injection(generator, args.steps, max(3, args.runs), width, height)
+        if not args.no_server:
+            last = next(r for r in reversed(sizes) if r["references"] == 3)
+            result["server"] = bench_server(weights, args.steps, entries[-1], refs, last["latency_s"])
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"injection-{'tiny' if is_tiny(weights) else 'real'}-{runtime.device.type}"
+    stem = f"benchmark-{'tiny' if is_tiny(weights) else 'real'}-{generator.runtime.device.type}"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = "\n".join(f"| {k} | {v} |" for k, v in result.items() if k != "versions")
-    versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
-    (args.out / f"{stem}.md").write_text(
-        f"# Tag-localized injection vs plain multi-image IP-Adapter\n\n| | |\n|---|---|\n{rows}\n\n{versions}\n"
-    )
-    log.info(json.dumps(result, indent=2))
+    (args.out / f"{stem}.md").write_text(markdown(result) + "\n")
+    log.info("wrote %s", args.out / f"{stem}.md")
 
 
 if __name__ == "__main__":

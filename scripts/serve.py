@@ -63,12 +63,16 @@ class CogServer:
         self.url = f"http://{host}:{self.port}"
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env |= cog_environment() | {
-            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
-            "WEIGHTS_DIR": str(weights),
-            "PORT": str(self.port),
-            "COG_MAX_CONCURRENCY": env.get("COG_MAX_CONCURRENCY") or str(max_concurrency()),
-        } | (extra_env or {})
+        env |= (
+            cog_environment()
+            | {
+                "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+                "WEIGHTS_DIR": str(weights),
+                "PORT": str(self.port),
+                "COG_MAX_CONCURRENCY": env.get("COG_MAX_CONCURRENCY") or str(max_concurrency()),
+            }
+            | (extra_env or {})
+        )
         command = [sys.executable, "-m", "cog.server.http", "--host", host]
         if upload_url:
             command += ["--upload-url", upload_url]

@@ -9,6 +9,7 @@ import torch
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 from transformers import CLIPTokenizer
 
+from model.pipeline import load_pipeline, pick_runtime
 from model.prompt import parse_prompt
 from model.regions import (
     Binding,
@@ -16,6 +17,7 @@ from model.regions import (
     RegionState,
     TagRegionAttnProcessor,
     bind_references,
+    install_processors,
     masks_from_maps,
 )
 from model.tokens import mention_positions
@@ -151,3 +153,39 @@ def test_warmup_turns_tagged_references_off_and_anchor_records_maps() -> None:
     assert region.weights is not None and region.weights.shape == (2, 4, 6)
     shares = region.shares()
     assert 0 < shares[0] <= 1 and shares[1] == 1.0
+
+
+def test_fused_self_attention_gives_the_same_latents(tiny_weights: Path) -> None:
+    """QKV fusion on self-attention only: the cross-attention keeps its IP-Adapter processors, and
+    the denoised latents match the unfused ones (fp32)."""
+    pipe = load_pipeline(tiny_weights, pick_runtime("cpu"))
+    pipe.set_ip_adapter_scale(0.6)
+
+    def latents() -> torch.Tensor:
+        features = torch.Generator().manual_seed(3)
+        dim = pipe.image_encoder.config.hidden_size
+        tokens = (pipe.image_encoder.config.image_size // pipe.image_encoder.config.patch_size) ** 2 + 1
+        image_embeds = torch.randn(2, 1, tokens, dim, generator=features)
+        return pipe(
+            prompt="a cat",
+            width=256,
+            height=256,
+            num_inference_steps=2,
+            ip_adapter_image_embeds=[image_embeds],
+            generator=torch.Generator().manual_seed(1),
+            output_type="latent",
+        ).images
+
+    assert install_processors(pipe.unet, RegionConfig(), fuse_self_attention=False) == 0
+    plain = latents()
+    fused = install_processors(pipe.unet, RegionConfig(), fuse_self_attention=True)
+    kinds = {name: type(p).__name__ for name, p in pipe.unet.attn_processors.items()}
+    assert fused == sum(name.endswith("attn1.processor") for name in kinds) > 0
+    for name, kind in kinds.items():
+        if name.endswith("attn1.processor"):
+            assert kind == "RegionAwareFusedAttnProcessor2_0"
+        elif name.endswith("attn2.processor"):
+            assert kind == "TagRegionAttnProcessor"
+        else:  # IP-Adapter Plus's resampler: attention over image features, left as it was
+            assert kind == "RegionAwareAttnProcessor2_0", name
+    assert torch.allclose(latents(), plain, atol=1e-5)

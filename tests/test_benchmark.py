@@ -1,0 +1,24 @@
+"""The benchmark's CI-sized run: it completes on tiny weights and writes its JSON and table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_fast_benchmark_writes_results(tiny_weights: Path, tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--fast", "--no-server", "--no-injection"]
+    command += ["--weights-dir", str(tiny_weights), "--out", str(tmp_path)]
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    result = json.loads((tmp_path / "benchmark-tiny-cpu.json").read_text())
+    assert result["weights"] == "tiny random" and result["device"].startswith("CPU")
+    entries = {(row["entry"], row["references"]) for row in result["sizes"]}
+    assert entries == {("720p 16:9", 0), ("720p 16:9", 3), ("1080p 4:3", 0), ("1080p 4:3", 3)}
+    refined = [row for row in result["sizes"] if row["entry"] == "1080p 4:3"]
+    assert all(row["refine_over_base"] > 0 and row["stages_s"]["refine"] > 0 for row in refined)
+    assert result["reference_cache"]["cached_s"] < result["reference_cache"]["cold_s"]
+    assert "| 1080p 4:3 | 1440x1080 | 3 |" in (tmp_path / "benchmark-tiny-cpu.md").read_text()
