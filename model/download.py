@@ -12,18 +12,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from model.weights import ALL_REPOS, missing_repos
+from model.weights import missing_repos, required_repos
 
 Say = Callable[[str], None]
 
 
-def download_missing(weights_dir: Path, say: Say = print) -> None:
+def download_missing(weights_dir: Path, say: Say = print, turbo: bool = False) -> None:
     """Download every repository whose marker file is missing, saying what happens (the setup
     logs); huggingface_hub's own progress bars go to stderr."""
     from huggingface_hub import snapshot_download  # only when a download really happens
 
-    todo = missing_repos(weights_dir)
-    for repo in ALL_REPOS:
+    todo = missing_repos(weights_dir, turbo)
+    for repo in required_repos(turbo):
         target = weights_dir / repo.folder
         if repo not in todo:
             say(f"{repo.repo_id}: present in {target}")
@@ -38,6 +38,6 @@ def download_missing(weights_dir: Path, say: Say = print) -> None:
         )
         size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
         say(f"{repo.repo_id}: {size / 1e9:.2f} GB in {time.perf_counter() - started:.0f}s")
-    still = missing_repos(weights_dir)
+    still = missing_repos(weights_dir, turbo)
     if still:
         raise RuntimeError(f"still missing after download: {', '.join(r.repo_id for r in still)}")

@@ -12,14 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from model.weights import (
     IMAGE_ENCODER_SUBFOLDER,
     IP_ADAPTER,
     IP_ADAPTER_SUBFOLDER,
     IP_ADAPTER_WEIGHT,
+    LIGHTNING_LORA_WEIGHT,
     SDXL_BASE,
+    SDXL_LIGHTNING,
     SDXL_VAE_FP16_FIX,
     is_tiny,
     missing_repos,
@@ -48,21 +55,22 @@ def pick_runtime(device: str = "auto") -> Runtime:
     return Runtime(device=dev, dtype=torch.float16 if dev.type == "cuda" else torch.float32)
 
 
-def check_weights(weights_dir: Path) -> None:
+def check_weights(weights_dir: Path, turbo: bool = False) -> None:
     """Raise MissingWeightsError naming what is missing and the script that fetches it."""
-    missing = missing_repos(weights_dir)
+    missing = missing_repos(weights_dir, turbo)
     if missing:
         names = ", ".join(f"{r.repo_id} (expected {weights_dir / r.folder / r.marker})" for r in missing)
         raise MissingWeightsError(
             f"weights missing in {weights_dir}: {names}. Run `python scripts/download_weights.py "
-            f"--weights-dir {weights_dir}` to fetch them, or `python scripts/make_tiny_weights.py "
-            f"{weights_dir}` for tiny random test weights."
+            f"--weights-dir {weights_dir}{' --turbo' if turbo else ''}` to fetch them, or "
+            f"`python scripts/make_tiny_weights.py {weights_dir}` for tiny random test weights."
         )
 
 
-def load_pipeline(weights_dir: Path, runtime: Runtime) -> StableDiffusionXLPipeline:
-    """The SDXL pipeline with IP-Adapter Plus loaded, on the runtime's device and dtype."""
-    check_weights(weights_dir)
+def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> StableDiffusionXLPipeline:
+    """The SDXL pipeline with IP-Adapter Plus loaded, on the runtime's device and dtype; with
+    `turbo`, SDXL-Lightning's 4-step LoRA fused into the UNet and its scheduler."""
+    check_weights(weights_dir, turbo)
     # Local folders only: a missing file must fail here, not turn into a download.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dtype = runtime.dtype
@@ -81,6 +89,14 @@ def load_pipeline(weights_dir: Path, runtime: Runtime) -> StableDiffusionXLPipel
         weight_name=IP_ADAPTER_WEIGHT,
         image_encoder_folder=IMAGE_ENCODER_SUBFOLDER,  # loaded in the pipeline's dtype
     )
+    if turbo:
+        # Fused into the weights, then the LoRA layers dropped: no per-step LoRA cost, and the
+        # attention processors installed later see plain Linear layers.
+        pipe.load_lora_weights(str(weights_dir / SDXL_LIGHTNING.folder), weight_name=LIGHTNING_LORA_WEIGHT)
+        pipe.fuse_lora(lora_scale=1.0)
+        pipe.unload_lora_weights()
+        # SDXL-Lightning's sampler: Euler with trailing timestep spacing (its model card).
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     pipe.to(runtime.device)  # every part was loaded in `dtype` already
     if runtime.device.type == "cuda":
         # SDPA is diffusers' default attention on torch 2; channels_last helps the convolutions.

@@ -70,17 +70,17 @@ class Generator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.runtime: Runtime = pick_runtime(settings.device)
-        if settings.download_weights and missing_repos(settings.weights_dir):
+        if settings.download_weights and missing_repos(settings.weights_dir, settings.turbo):
             say(f"Weights missing in {settings.weights_dir}: downloading them (mount it as a volume to keep them)")
             try:
-                download_missing(settings.weights_dir, say=say)
+                download_missing(settings.weights_dir, say=say, turbo=settings.turbo)
             except Exception as exc:  # the hub's many failure types: say what to do instead
                 raise MissingWeightsError(
                     f"could not download the weights into {settings.weights_dir} ({type(exc).__name__}: {exc}); "
                     "run scripts/download_weights.py where the Hugging Face hub is reachable and mount the folder"
                 ) from exc
         started = time.perf_counter()
-        self.pipe = load_pipeline(settings.weights_dir, self.runtime)
+        self.pipe = load_pipeline(settings.weights_dir, self.runtime, turbo=settings.turbo)
         self.refiner = img2img_from(self.pipe)
         self.text = TextEncoder(self.pipe)
         self.tiny = is_tiny(settings.weights_dir)
@@ -96,6 +96,8 @@ class Generator:
         self.output = OutputWriter(settings.output_format)
         self.last_timings: dict[str, float] = {}  # seconds per stage of the latest prediction
         kind = "TINY RANDOM weights (test stand-ins: images are noise)" if self.tiny else "real weights"
+        if settings.turbo:
+            kind += ", TURBO (SDXL-Lightning 4-step LoRA, no CFG)"
         say(
             f"Loaded SDXL + IP-Adapter Plus with {kind} from {settings.weights_dir} on "
             f"{self.runtime.device} in {time.perf_counter() - started:.1f}sec"
@@ -170,8 +172,8 @@ class Generator:
             references=encoded,
             bindings=bindings,
             region_config=self.region_config,
-            steps=self.settings.steps,
-            guidance=self.settings.guidance,
+            steps=self.settings.effective_steps,
+            guidance=self.settings.effective_guidance,
             ip_adapter_scale=self.settings.ip_adapter_scale,
             refine_strength=self.settings.refine_strength,
             vae_tiling=self.settings.vae_tiling,

@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from model.weights import LIGHTNING_STEPS
+
 OUTPUT_FORMATS = ("png", "jpg", "webp")
 VAE_TILING_MODES = ("auto", "always", "never")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -38,10 +40,23 @@ class Settings:
     save_masks: bool = False
     # At setup, download missing weights into weights_dir (a volume in Docker) before loading.
     download_weights: bool = True
+    # Turbo: SDXL-Lightning's 4-step LoRA fused into the UNet, 4 steps, no classifier-free
+    # guidance (GEN4_STEPS and GEN4_GUIDANCE then do not apply). Faster, at a quality cost.
+    turbo: bool = False
     # Fuse each self-attention's Q, K, V projections into one matmul (cross-attention stays as is).
     fuse_qkv: bool = True
     # Where the queue publishes how many predictions are in flight (read by scripts/drain.py).
     queue_state_file: Path = Path(tempfile.gettempdir()) / "gen4-queue.json"
+
+    @property
+    def effective_steps(self) -> int:
+        """Denoising steps of the base pass: SDXL-Lightning's 4 in turbo, else `steps`."""
+        return LIGHTNING_STEPS if self.turbo else self.steps
+
+    @property
+    def effective_guidance(self) -> float:
+        """CFG scale: off in turbo (SDXL-Lightning is distilled without it), else `guidance`."""
+        return 0.0 if self.turbo else self.guidance
 
     def __post_init__(self) -> None:
         if self.steps < 1:

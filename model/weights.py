@@ -60,13 +60,30 @@ IP_ADAPTER = WeightsRepo(
     marker=f"{IP_ADAPTER_SUBFOLDER}/{IP_ADAPTER_WEIGHT}",
 )
 ALL_REPOS: tuple[WeightsRepo, ...] = (SDXL_BASE, SDXL_VAE_FP16_FIX, IP_ADAPTER)
+# Turbo mode only (GEN4_TURBO=1): SDXL-Lightning's 4-step LoRA (kohya format, rank 64), distilled
+# from SDXL base by progressive adversarial distillation; Euler with trailing timesteps, no CFG.
+LIGHTNING_LORA_WEIGHT = "sdxl_lightning_4step_lora.safetensors"
+LIGHTNING_STEPS = 4
+SDXL_LIGHTNING = WeightsRepo(
+    repo_id="ByteDance/SDXL-Lightning",
+    folder="SDXL-Lightning",
+    allow_patterns=(LIGHTNING_LORA_WEIGHT,),
+    marker=LIGHTNING_LORA_WEIGHT,
+)
+
+
+def required_repos(turbo: bool = False) -> tuple[WeightsRepo, ...]:
+    """The repositories a server needs: the three always, SDXL-Lightning for turbo."""
+    return (*ALL_REPOS, SDXL_LIGHTNING) if turbo else ALL_REPOS
+
+
 # Written by scripts/make_tiny_weights.py so that logs can say plainly which weights run.
 TINY_MARKER = "TINY_RANDOM_WEIGHTS"
 
 
-def missing_repos(weights_dir: Path) -> list[WeightsRepo]:
-    """The repositories whose marker file is absent from the weights folder."""
-    return [r for r in ALL_REPOS if not (weights_dir / r.folder / r.marker).is_file()]
+def missing_repos(weights_dir: Path, turbo: bool = False) -> list[WeightsRepo]:
+    """The required repositories whose marker file is absent from the weights folder."""
+    return [r for r in required_repos(turbo) if not (weights_dir / r.folder / r.marker).is_file()]
 
 
 def is_tiny(weights_dir: Path) -> bool:

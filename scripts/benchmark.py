@@ -116,9 +116,10 @@ def bench_sizes(generator: Generator, entries: list[tuple[str, str]], refs: list
                 stages.append(dict(generator.last_timings))
             median = {k: statistics.median(s.get(k, 0.0) for s in stages) for k in stages[0]}
             plan = plan_for(*entry)
-            refine_steps = max(1, int(generator.settings.steps * generator.settings.refine_strength))
+            base_steps = generator.settings.effective_steps
+            refine_steps = max(1, int(base_steps * generator.settings.refine_strength))
             denoise_s = median.get("base denoise", 0) + median.get("refine", 0)
-            steps = generator.settings.steps + (refine_steps if plan.refine else 0)
+            steps = base_steps + (refine_steps if plan.refine else 0)
             rows.append(
                 {
                     "entry": f"{entry[0]} {entry[1]}",
@@ -187,6 +188,24 @@ def bench_server(weights: Path, steps: int, entry: tuple[str, str], refs: list[P
     }
 
 
+def bench_turbo(weights: Path, entry: tuple[str, str], refs: list[Path], runs: int, default_s: float) -> dict:
+    """The same request with GEN4_TURBO=1 (SDXL-Lightning 4-step LoRA, no CFG), in this process."""
+    with quiet():
+        turbo = Generator(Settings(weights_dir=weights, turbo=True))
+    request = request_for(entry, refs)
+    quiet_predict(turbo, request)  # warm-up
+    latencies = [time_call(lambda: quiet_predict(turbo, request)) for _ in range(runs)]
+    median = statistics.median(latencies)
+    return {
+        "entry": f"{entry[0]} {entry[1]}",
+        "references": len(refs),
+        "default_s": round(default_s, 4),
+        "turbo_s": round(median, 4),
+        "speedup": round(default_s / median, 2),
+        "stages_s": {k: round(v, 4) for k, v in turbo.last_timings.items()},
+    }
+
+
 def bench_injection(generator: Generator, steps: int, runs: int, width: int, height: int) -> dict:
     """Plain multi-image IP-Adapter vs tag-localized, denoising only, interleaved."""
     pipe, runtime = generator.pipe, generator.runtime
@@ -204,7 +223,7 @@ def bench_injection(generator: Generator, steps: int, runs: int, width: int, hei
             width=width,
             height=height,
             num_inference_steps=steps,
-            guidance_scale=generator.settings.guidance,
+            guidance_scale=generator.settings.effective_guidance,
             ip_adapter_image_embeds=[embeds],
             generator=torch.Generator(device=runtime.device).manual_seed(1),
             cross_attention_kwargs={"region": region} if localized else None,
@@ -250,7 +269,7 @@ def markdown(result: dict) -> str:
             cells += [row["refine_over_base"], row["peak_gpu_gb"]] + [row["stages_s"].get(k, "") for k in stage_names]
             lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
         lines.append("")
-    for key in ("reference_cache", "server", "injection"):
+    for key in ("reference_cache", "turbo", "server", "injection"):
         if result.get(key):
             lines += [f"**{key}**: " + ", ".join(f"{k} {v}" for k, v in result[key].items()), ""]
     return "\n".join(lines)
@@ -277,6 +296,7 @@ def main() -> None:
     parser.add_argument("--entries", default="all", help="all, 720p, 1080p, or 'RES AR,RES AR'")
     parser.add_argument("--no-server", action="store_true")
     parser.add_argument("--no-injection", action="store_true")
+    parser.add_argument("--no-turbo", action="store_true")
     parser.add_argument("--fast", action="store_true", help="2 entries, 1 run, 2 steps: a smoke run for CI")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
@@ -315,8 +335,10 @@ def main() -> None:
         if not args.no_injection:
             width, height = plan_for(*entries[-1]).base
             result["injection"] = bench_injection(generator, args.steps, max(3, args.runs), width, height)
+        last = next(r for r in reversed(sizes) if r["references"] == 3)
+        if not args.no_turbo and not missing_repos(weights, turbo=True):
+            result["turbo"] = bench_turbo(weights, entries[-1], refs, args.runs, last["latency_s"])
         if not args.no_server:
-            last = next(r for r in reversed(sizes) if r["references"] == 3)
             result["server"] = bench_server(weights, args.steps, entries[-1], refs, last["latency_s"])
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"benchmark-{'tiny' if is_tiny(weights) else 'real'}-{generator.runtime.device.type}"

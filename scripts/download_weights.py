@@ -24,9 +24,10 @@ log = logging.getLogger("download_weights")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights-dir", type=Path, default=Path(os.environ.get("WEIGHTS_DIR", "weights")))
+    parser.add_argument("--turbo", action="store_true", help="also SDXL-Lightning's 4-step LoRA (GEN4_TURBO=1)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    download_missing(args.weights_dir, say=log.info)
+    download_missing(args.weights_dir, say=log.info, turbo=args.turbo)
     log.info("all weights present in %s", args.weights_dir)
 
 

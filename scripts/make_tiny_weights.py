@@ -41,7 +41,9 @@ from model.weights import (
     IP_ADAPTER,
     IP_ADAPTER_SUBFOLDER,
     IP_ADAPTER_WEIGHT,
+    LIGHTNING_LORA_WEIGHT,
     SDXL_BASE,
+    SDXL_LIGHTNING,
     SDXL_VAE_FP16_FIX,
     TINY_MARKER,
 )
@@ -220,8 +222,19 @@ def ip_adapter_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]
     return {k: v.to(torch.float16).contiguous() for k, v in sd.items()}
 
 
+def lightning_lora_state_dict(unet: UNet2DConditionModel, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A rank-4 LoRA on every transformer attention projection, in diffusers' PEFT key format.
+    (The real file is kohya-format; diffusers' load_lora_weights converts it on the same call.)"""
+    sd = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".transformer_blocks." in name and ".attn" in name:
+            sd[f"unet.{name}.lora_A.weight"] = torch.randn(rank, module.in_features) * 0.05
+            sd[f"unet.{name}.lora_B.weight"] = torch.randn(module.out_features, rank) * 0.05
+    return {k: v.to(torch.float16).contiguous() for k, v in sd.items()}
+
+
 def build(out: Path) -> None:
-    """Write the three repositories' folders under `out`."""
+    """Write the repositories' folders under `out` (the three, and SDXL-Lightning for turbo)."""
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer, tokenizer_2 = make_tokenizers(Path(scratch))
@@ -257,6 +270,9 @@ def build(out: Path) -> None:
         projection_dim=IMAGE_HIDDEN,
     )
     CLIPVisionModelWithProjection(vision).to(torch.float16).save_pretrained(ip_dir / IMAGE_ENCODER_SUBFOLDER)
+    lightning = out / SDXL_LIGHTNING.folder
+    lightning.mkdir(parents=True, exist_ok=True)
+    save_file(lightning_lora_state_dict(unet), lightning / LIGHTNING_LORA_WEIGHT)
     (out / TINY_MARKER).write_text(
         "Tiny random weights from scripts/make_tiny_weights.py: images are noise, for tests only.\n"
     )

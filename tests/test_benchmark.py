@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_fast_benchmark_writes_results(tiny_weights: Path, tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--fast", "--no-server", "--no-injection"]
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--fast"]
+    command += ["--no-server", "--no-injection", "--no-turbo"]
     command += ["--weights-dir", str(tiny_weights), "--out", str(tmp_path)]
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     result = json.loads((tmp_path / "benchmark-tiny-cpu.json").read_text())

@@ -256,3 +256,38 @@ def test_setup_downloads_missing_weights_into_the_folder_then_loads(
     # The volume is complete now: the next start downloads nothing.
     Generator(Settings(weights_dir=volume, device="cpu", steps=1))
     assert len(fetched) == 2
+
+
+def test_turbo_fuses_sdxl_lightning_runs_4_steps_without_cfg(
+    generator: Generator, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    turbo = Generator(Settings(weights_dir=tiny_weights, device="cpu", turbo=True, steps=30, guidance=7.0))
+    assert turbo.settings.effective_steps == 4 and turbo.settings.effective_guidance == 0.0
+    assert turbo.pipe.scheduler.config.timestep_spacing == "trailing"
+    assert turbo.refiner.scheduler is turbo.pipe.scheduler
+    # The LoRA is fused into the UNet's weights (not left as extra layers).
+    name = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    fused_q = turbo.pipe.unet.get_submodule(name)
+    assert type(fused_q) is torch.nn.Linear
+    assert not torch.equal(fused_q.weight, generator.pipe.unet.get_submodule(name).weight)
+    batches: list[int] = []
+    forward = turbo.pipe.unet.forward
+
+    def count(sample: torch.Tensor, *args: object, **kwargs: object) -> object:
+        batches.append(sample.shape[0])
+        return forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(turbo.pipe.unet, "forward", count)
+    out = turbo.predict(Request(prompt="a fox", resolution="1080p", aspect_ratio="4:3", seed=4))
+    with Image.open(out) as image:
+        assert image.size == (1440, 1080)
+    # 4 base steps + int(4 x 0.35) -> 1 refine step, each one UNet call on a batch of 1 (no CFG).
+    assert batches == [1] * 5
+
+
+def test_turbo_without_its_lora_names_the_download(tiny_weights: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "weights"
+    for repo in ALL_REPOS:
+        shutil.copytree(tiny_weights / repo.folder, partial / repo.folder)
+    with pytest.raises(MissingWeightsError, match=r"ByteDance/SDXL-Lightning.*--turbo"):
+        Generator(Settings(weights_dir=partial, device="cpu", turbo=True, download_weights=False))
