@@ -1,14 +1,16 @@
 """Soak test: N sequential predictions through the real Cog server; memory, cache and temporary
 files must stay flat.
 
-    python scripts/soak.py [--n 200] [--warmup 5] [--weights-dir DIR] [--json FILE]
+    python scripts/soak.py [--n 200] [--warmup 40] [--weights-dir DIR] [--json FILE]
 
 Starts its own server (tiny offline weights unless --weights-dir holds real ones) with a private
 TMPDIR and a small reference cache, then sends predictions that rotate through the 720p sizes,
 each with a never-seen reference image (so the cache must evict) and a repeated one (so it hits).
-After the warm-up it compares, at the end: resident memory of the server's process tree (at most
-5% growth), the reference cache (never above its bound), and the files under TMPDIR (no pile-up).
-Exit status 0 when all hold.
+After the warm-up (long enough for every size to recur and the text cache, 32 prompts, to fill)
+it runs --n more and compares: resident memory of the server's process tree, the median of the
+first 10 samples against the median of the last 10 (at most 5% growth; medians, so that one
+transient peak does not decide), the reference cache (never above its bound), and the files under
+TMPDIR (no pile-up). Exit status 0 when all hold.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import base64
 import io
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -110,8 +113,9 @@ def soak(n: int, warmup: int, weights_dir: Path, steps: int = 2, log: Path | Non
         server = CogServer(weights_dir, log=log_file, extra_env=env)
         try:
             server.wait_ready(timeout=600)
-            rss0 = files0 = 0
-            for k in range(n):
+            files0 = 0
+            samples: list[int] = []
+            for k in range(warmup + n):
                 inputs = {
                     "prompt": f"@subject and @place, variation {k}",
                     "resolution": "720p",
@@ -123,12 +127,16 @@ def soak(n: int, warmup: int, weights_dir: Path, steps: int = 2, log: Path | Non
                 body = server.predict(inputs).json()
                 failures += body.get("status") != "succeeded"
                 if k + 1 == warmup:
-                    rss0, files0 = tree_rss_bytes(server.proc.pid), count_files(tmp)
-            rss1, files1 = tree_rss_bytes(server.proc.pid), count_files(tmp)
+                    files0 = count_files(tmp)
+                if k + 1 > warmup:
+                    samples.append(tree_rss_bytes(server.proc.pid))
+            files1 = count_files(tmp)
             cache = json.loads(state.read_text())
         finally:
             server.stop()
-    growth = rss1 / rss0 - 1 if rss0 else 0.0
+    window = max(1, min(10, len(samples) // 3))
+    rss0, rss1 = statistics.median(samples[:window]), statistics.median(samples[-window:])
+    growth = rss1 / rss0 - 1
     problems = []
     if failures:
         problems.append(f"{failures} prediction(s) did not succeed")
@@ -157,14 +165,14 @@ def soak(n: int, warmup: int, weights_dir: Path, steps: int = 2, log: Path | Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--n", type=int, default=200, help="predictions measured after the warm-up")
+    parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--steps", type=int, default=2, help="GEN4_STEPS for the server")
     parser.add_argument("--weights-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if args.n <= args.warmup:
-        parser.error("--n must be larger than --warmup")
+    if args.n < 3:
+        parser.error("--n must be at least 3")
     weights = args.weights_dir or pick_weights()[0]
     report = soak(args.n, args.warmup, weights, steps=args.steps)
     text = json.dumps(asdict(report), indent=2)

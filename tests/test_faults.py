@@ -43,6 +43,13 @@ def faulty_server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) 
             server.stop()
 
 
+def start(server: CogServer, hooks: WebhookReceiver, prefix: str, inputs: dict) -> str:
+    """An async prediction with a fresh id; returns the id."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    assert submit(server, hooks, name, inputs).status_code == 202
+    return name
+
+
 def release_times(server: CogServer) -> list[float]:
     path = FAULT_LOG[server.url]
     return [float(line.split()[1]) for line in path.read_text().splitlines()] if path.exists() else []
@@ -59,9 +66,8 @@ def test_out_of_memory_fails_clearly_frees_memory_and_stays_ready(
     faulty_server: CogServer, hooks: WebhookReceiver
 ) -> None:
     # Async, for the logs: coglet 0.23.1's sync response to a failed prediction has empty logs.
-    name = f"oom-{uuid.uuid4().hex[:8]}"
     inputs = {"prompt": "inject-oom a castle", "resolution": "1080p", "aspect_ratio": "4:3"}
-    assert submit(faulty_server, hooks, name, inputs).status_code == 202
+    name = start(faulty_server, hooks, "oom", inputs)
     body = hooks.wait_for(name, {"failed", "succeeded", "canceled"})
     assert body["status"] == "failed", body
     assert (
@@ -76,9 +82,8 @@ def test_out_of_memory_fails_clearly_frees_memory_and_stays_ready(
 def test_cancel_mid_denoising_stops_within_one_step_and_frees_memory(
     faulty_server: CogServer, hooks: WebhookReceiver
 ) -> None:
-    name = f"cancel-{uuid.uuid4().hex[:8]}"
     inputs = {"prompt": "a long voyage", "resolution": "1080p", "aspect_ratio": "16:9"}
-    assert submit(faulty_server, hooks, name, inputs).status_code == 202
+    name = start(faulty_server, hooks, "cancel", inputs)
     # Wait until denoising is under way (the first percentages are in the logs), then cancel.
     deadline = time.monotonic() + 60
     while not any(e.get("id") == name and "\n10%" in (e.get("logs") or "") for e in list(hooks.events)):

@@ -36,6 +36,12 @@ def reference(tmp_path: Path, color: str, size: tuple[int, int] = (256, 256)) ->
     return path
 
 
+def tagged(tmp_path: Path, prompt: str, tags: list[str], resolution: str, aspect_ratio: str, seed: int) -> Request:
+    """A request with one plain-colour reference per tag."""
+    refs = [reference(tmp_path, colour) for colour in ("green", "pink", "navy")[: len(tags)]]
+    return Request(prompt, resolution, aspect_ratio, reference_tags=tags, reference_images=refs, seed=seed)
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -137,17 +143,7 @@ def test_refine_pass_carries_the_base_pass_references_text_and_tag_masks(
         return masks
 
     monkeypatch.setattr(RegionState, "layer_masks", record)
-    refs = [reference(tmp_path, "green"), reference(tmp_path, "pink")]
-    out = generator.predict(
-        Request(
-            prompt="@woman and @man on a beach",
-            resolution="1080p",
-            aspect_ratio="16:9",
-            reference_tags=["woman", "man"],
-            reference_images=refs,
-            seed=5,
-        )
-    )
+    out = generator.predict(tagged(tmp_path, "@woman and @man on a beach", ["woman", "man"], "1080p", "16:9", seed=5))
     with Image.open(out) as image:
         assert image.size == (1920, 1080)
     base, refine = calls
@@ -205,17 +201,7 @@ def test_save_masks_writes_where_each_tag_landed(
     generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.setattr(generator, "settings", replace(generator.settings, save_masks=True))
-    refs = [reference(tmp_path, "green"), reference(tmp_path, "pink")]
-    out = generator.predict(
-        Request(
-            prompt="@woman standing in @park",
-            resolution="720p",
-            aspect_ratio="4:3",
-            reference_tags=["woman", "park"],
-            reference_images=refs,
-            seed=9,
-        )
-    )
+    out = generator.predict(tagged(tmp_path, "@woman standing in @park", ["woman", "park"], "720p", "4:3", seed=9))
     masks_path = out.with_suffix(".masks.png")
     assert f"Tag masks written to {masks_path}" in capsys.readouterr().out
     with Image.open(masks_path) as overlay, Image.open(out) as image:
