@@ -20,7 +20,7 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from model.pipeline import Runtime
-from model.plan import Plan, cover_box
+from model.plan import Plan, cover_box, refine_steps
 from model.references import Encoded
 from model.regions import Binding, RegionConfig, RegionState
 from model.text import TextEmbeds
@@ -45,13 +45,8 @@ class GenerationInputs:
     vae_tiling: str  # "auto", "always" or "never"
 
     @property
-    def refine_steps(self) -> int:
-        """Denoising steps the refine pass runs (at least one)."""
-        return max(1, int(self.steps * self.refine_strength))
-
-    @property
     def total_steps(self) -> int:
-        return self.steps + (self.refine_steps if self.plan.refine else 0)
+        return self.plan.total_steps(self.steps, self.refine_strength)
 
 
 @dataclass
@@ -205,7 +200,8 @@ def generate(
     #     references and the base pass's tag masks (the layout is settled, so no warm-up).
     with clock.stage("resize"):
         upscaled = resample(base, plan.target)
-    refine_region = RegionState.carried(base_region, latent_hw=(th // scale, tw // scale), steps=inputs.refine_steps)
+    steps = refine_steps(inputs.steps, inputs.refine_strength)
+    refine_region = RegionState.carried(base_region, latent_hw=(th // scale, tw // scale), steps=steps)
     with clock.stage("refine"):
         latents = refiner(
             image=upscaled,

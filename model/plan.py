@@ -41,10 +41,20 @@ class Plan:
         otherwise the base is downscaled to the target."""
         return self.target[0] * self.target[1] > self.base[0] * self.base[1]
 
+    def total_steps(self, steps: int, strength: float) -> int:
+        """Denoising steps of the whole plan: the base pass, plus the refine pass's if any."""
+        return steps + (refine_steps(steps, strength) if self.refine else 0)
+
     def describe(self) -> str:
         """The plan as the prediction logs name it."""
         (bw, bh), (tw, th) = self.base, self.target
         return f"Base {bw}x{bh}, {'refined' if self.refine else 'downscaled'} to {tw}x{th}"
+
+
+def refine_steps(steps: int, strength: float) -> int:
+    """Steps the img2img refine pass runs: int(steps x strength), as diffusers counts them, and at
+    least one."""
+    return max(1, int(steps * strength))
 
 
 # The plan of every (resolution, aspect_ratio) entry, derived once from the two tables above.

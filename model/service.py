@@ -21,7 +21,7 @@ from model.download import download_missing
 from model.generate import Generation, GenerationInputs, Stopwatch, generate
 from model.output import OutputWriter, write_mask_image
 from model.pipeline import MissingWeightsError, Runtime, img2img_from, load_pipeline, pick_runtime
-from model.plan import plan_for
+from model.plan import Plan, plan_for
 from model.references import ReferenceEncoder
 from model.regions import RegionConfig, bind_references, install_processors
 from model.request import Request, ValidRequest, validate_request
@@ -132,7 +132,7 @@ class Generator:
         started = time.perf_counter()
         clock = Stopwatch(self.runtime.device)
         try:
-            generation = self._generate(valid, seed, clock, should_stop)
+            generation = self._generate(valid, plan, seed, clock, should_stop)
         except Canceled:
             self.release_memory()
             raise
@@ -151,7 +151,9 @@ class Generator:
         say(f"Generated image in {time.perf_counter() - started:.1f}sec")
         return path
 
-    def _generate(self, valid: ValidRequest, seed: int, clock: Stopwatch, should_stop: StopCheck | None) -> Generation:
+    def _generate(
+        self, valid: ValidRequest, plan: Plan, seed: int, clock: Stopwatch, should_stop: StopCheck | None
+    ) -> Generation:
         # 2. Encode the references (cached).
         with clock.stage("reference encoding"):
             encoded = self.encoder.encode([r.image for r in valid.references])
@@ -167,7 +169,7 @@ class Generator:
         say("Generating...")
         inputs = GenerationInputs(
             text=text,
-            plan=plan_for(valid.resolution, valid.aspect_ratio),
+            plan=plan,
             seed=seed,
             references=encoded,
             bindings=bindings,

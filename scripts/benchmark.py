@@ -116,10 +116,9 @@ def bench_sizes(generator: Generator, entries: list[tuple[str, str]], refs: list
                 stages.append(dict(generator.last_timings))
             median = {k: statistics.median(s.get(k, 0.0) for s in stages) for k in stages[0]}
             plan = plan_for(*entry)
-            base_steps = generator.settings.effective_steps
-            refine_steps = max(1, int(base_steps * generator.settings.refine_strength))
+            settings = generator.settings
             denoise_s = median.get("base denoise", 0) + median.get("refine", 0)
-            steps = base_steps + (refine_steps if plan.refine else 0)
+            steps = plan.total_steps(settings.effective_steps, settings.refine_strength)
             rows.append(
                 {
                     "entry": f"{entry[0]} {entry[1]}",
