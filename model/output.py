@@ -45,11 +45,6 @@ class OutputWriter:
         image.save(path, kind, **options)
         return path
 
-    def clean(self) -> None:
-        """Remove every output folder this writer made."""
-        while self._dirs:
-            shutil.rmtree(self._dirs.popleft(), ignore_errors=True)
-
 
 def write_mask_image(image: Image.Image, masks: np.ndarray, labels: list[str], path: Path) -> Path:
     """Each reference's mask ([n, h, w] in 0..1, any resolution) in its colour over a grey copy of

@@ -164,7 +164,7 @@ class Generator:
         positions = mention_positions(valid.prompt, self.pipe.tokenizer)
         bindings = bind_references([r.tag for r in valid.references], valid.prompt, positions)
         with clock.stage("text encoding"):
-            text, _ = self.text.encode(valid.prompt.text)
+            text = self.text.encode(valid.prompt.text)
         # 4. Denoise and decode, following the size's plan.
         say("Generating...")
         inputs = GenerationInputs(

@@ -277,3 +277,13 @@ def test_turbo_without_its_lora_names_the_download(tiny_weights: Path, tmp_path:
         shutil.copytree(tiny_weights / repo.folder, partial / repo.folder)
     with pytest.raises(MissingWeightsError, match=r"ByteDance/SDXL-Lightning.*--turbo"):
         Generator(Settings(weights_dir=partial, device="cpu", turbo=True, download_weights=False))
+
+
+def test_repeated_prompt_skips_the_text_encoders(generator: Generator) -> None:
+    request = Request(prompt="a heron at first light", resolution="720p", aspect_ratio="1:1", seed=6)
+    generator.predict(request)
+    calls = generator.text.encoder_calls
+    generator.predict(Request(**{**request.__dict__, "seed": 7}))
+    assert generator.text.encoder_calls == calls
+    generator.predict(Request(**{**request.__dict__, "prompt": "a heron at dusk"}))
+    assert generator.text.encoder_calls == calls + 1
