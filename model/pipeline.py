@@ -18,6 +18,8 @@ from diffusers import (
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
 )
+from diffusers.models.attention import FeedForward
+from diffusers.models.resnet import ResnetBlock2D
 
 from model.weights import (
     IMAGE_ENCODER_SUBFOLDER,
@@ -28,8 +30,8 @@ from model.weights import (
     SDXL_BASE,
     SDXL_LIGHTNING,
     SDXL_VAE_FP16_FIX,
-    is_tiny,
     missing_repos,
+    weights_label,
 )
 
 log = logging.getLogger(__name__)
@@ -47,12 +49,18 @@ class Runtime:
     dtype: torch.dtype
 
 
-def pick_runtime(device: str = "auto") -> Runtime:
-    """fp16 on CUDA (the fp16-fix VAE makes that safe end to end), fp32 on CPU."""
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def pick_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
+    """fp16 on CUDA (the fp16-fix VAE makes that safe end to end), fp32 on CPU, unless `dtype`
+    names one of DTYPES."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    return Runtime(device=dev, dtype=torch.float16 if dev.type == "cuda" else torch.float32)
+    if dtype == "auto":
+        return Runtime(device=dev, dtype=torch.float16 if dev.type == "cuda" else torch.float32)
+    return Runtime(device=dev, dtype=DTYPES[dtype])
 
 
 def check_weights(weights_dir: Path, turbo: bool = False) -> None:
@@ -63,7 +71,7 @@ def check_weights(weights_dir: Path, turbo: bool = False) -> None:
         raise MissingWeightsError(
             f"weights missing in {weights_dir}: {names}. Run `python scripts/download_weights.py "
             f"--weights-dir {weights_dir}{' --turbo' if turbo else ''}` to fetch them, or "
-            f"`python scripts/make_tiny_weights.py {weights_dir}` for tiny random test weights."
+            f"`python scripts/make_random_weights.py {weights_dir}` for tiny random test weights."
         )
 
 
@@ -104,7 +112,7 @@ def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> S
     pipe.set_progress_bar_config(disable=True)
     log.info(
         "loaded %s weights from %s on %s (%s)",
-        "tiny random" if is_tiny(weights_dir) else "real",
+        weights_label(weights_dir),
         weights_dir,
         runtime.device,
         dtype,
@@ -115,6 +123,30 @@ def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> S
 def img2img_from(pipe: StableDiffusionXLPipeline) -> StableDiffusionXLImg2ImgPipeline:
     """The img2img pipeline over the same loaded modules (no second load, no copy): the refine
     pass shares the UNet and its IP-Adapter processors, the VAE and the text encoders."""
-    refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+    # from_pipe casts every module to its `dtype` argument, which defaults to float32 (diffusers
+    # 0.42): without it the fp16 model silently became fp32 (twice the memory, much slower).
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe, dtype=pipe.dtype)
     refiner.set_progress_bar_config(disable=True)
     return refiner
+
+
+# What GEN4_COMPILE compiles: the ResNet and feed-forward blocks, pure tensor code that never sees
+# a request's tag state. The attention processors, which do, stay eager (SDPA is one fused kernel
+# already); compiling through them would guard on each request's RegionState and recompile.
+COMPILED_BLOCKS = (ResnetBlock2D, FeedForward)
+
+
+def compile_blocks(*models: torch.nn.Module) -> int:
+    """torch.compile every ResNet and feed-forward block of `models` in place and return how many.
+    Regional compilation: the instances of a class share a few graphs instead of one graph per
+    model, which keeps the compile time of a cold boot short. Shapes are dynamic, so that the 12
+    output sizes (and the tiled VAE's tiles) reuse the graphs instead of recompiling each."""
+    # Blocks of different widths are different graphs of one code object: allow enough of them.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    compiled = 0
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, COMPILED_BLOCKS):
+                module.compile(dynamic=True)
+                compiled += 1
+    return compiled

@@ -16,19 +16,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from model.download import download_missing
 from model.generate import Generation, GenerationInputs, Stopwatch, generate
 from model.output import OutputWriter, write_mask_image
-from model.pipeline import MissingWeightsError, Runtime, img2img_from, load_pipeline, pick_runtime
-from model.plan import Plan, plan_for
+from model.pipeline import MissingWeightsError, Runtime, compile_blocks, img2img_from, load_pipeline, pick_runtime
+from model.plan import PLANS, Plan, plan_for
+from model.prompt import parse_prompt
 from model.references import ReferenceEncoder
 from model.regions import RegionConfig, bind_references, install_processors
 from model.request import Request, ValidRequest, validate_request
 from model.settings import Settings, settings_from_env
 from model.text import TextEncoder
 from model.tokens import mention_positions
-from model.weights import is_tiny, missing_repos
+from model.weights import missing_repos, weights_label
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class Generator:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.runtime: Runtime = pick_runtime(settings.device)
+        self.runtime: Runtime = pick_runtime(settings.device, settings.dtype)
         if settings.download_weights and missing_repos(settings.weights_dir, settings.turbo):
             say(f"Weights missing in {settings.weights_dir}: downloading them (mount it as a volume to keep them)")
             try:
@@ -83,7 +85,7 @@ class Generator:
         self.pipe = load_pipeline(settings.weights_dir, self.runtime, turbo=settings.turbo)
         self.refiner = img2img_from(self.pipe)
         self.text = TextEncoder(self.pipe)
-        self.tiny = is_tiny(settings.weights_dir)
+        self.weights_label = weights_label(settings.weights_dir)
         self.encoder = ReferenceEncoder(
             self.pipe.image_encoder,
             self.pipe.feature_extractor,
@@ -95,13 +97,44 @@ class Generator:
         install_processors(self.pipe.unet, self.region_config, fuse_self_attention=settings.fuse_qkv)
         self.output = OutputWriter(settings.output_format)
         self.last_timings: dict[str, float] = {}  # seconds per stage of the latest prediction
-        kind = "TINY RANDOM weights (test stand-ins: images are noise)" if self.tiny else "real weights"
+        self.compile_s: float | None = None
+        if settings.compile:
+            blocks = compile_blocks(self.pipe.unet, self.pipe.vae)
+            self.compile_s = self.warm_up()
+            say(f"Compiled {blocks} UNet and VAE blocks; every output size warmed up in {self.compile_s:.1f}sec")
+        kind = "real weights"
+        if self.weights_label != "real":
+            kind = f"{self.weights_label.upper()} weights (stand-ins: images are noise)"
         if settings.turbo:
             kind += ", TURBO (SDXL-Lightning 4-step LoRA, no CFG)"
         say(
             f"Loaded SDXL + IP-Adapter Plus with {kind} from {settings.weights_dir} on "
             f"{self.runtime.device} in {time.perf_counter() - started:.1f}sec"
         )
+
+    def warm_up(self, steps: int = 2) -> float:
+        """Generate each distinct plan once, with one tagged reference, so that everything
+        compiled meets every shape at setup rather than in a user's request; returns seconds."""
+        started = time.perf_counter()
+        prompt = parse_prompt("warm-up of @it")
+        positions = mention_positions(prompt, self.pipe.tokenizer)
+        references = self.encoder.encode([Image.new("RGB", (64, 64), "grey")])
+        for plan in dict.fromkeys(PLANS.values()):
+            inputs = GenerationInputs(
+                text=self.text.encode(prompt.text),
+                plan=plan,
+                seed=0,
+                references=references,
+                bindings=bind_references(["it"], prompt, positions),
+                region_config=self.region_config,
+                steps=steps,
+                guidance=self.settings.effective_guidance,
+                ip_adapter_scale=self.settings.ip_adapter_scale,
+                refine_strength=self.settings.refine_strength,
+                vae_tiling=self.settings.vae_tiling,
+            )
+            generate(self.pipe, self.refiner, inputs, self.runtime, Stopwatch(self.runtime.device))
+        return time.perf_counter() - started
 
     @classmethod
     def from_env(cls) -> Generator:

@@ -16,6 +16,7 @@ from model.weights import LIGHTNING_STEPS
 
 OUTPUT_FORMATS = ("png", "jpg", "webp")
 VAE_TILING_MODES = ("auto", "always", "never")
+DTYPE_NAMES = ("auto", "float16", "bfloat16", "float32")  # model.pipeline.DTYPES and auto
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -30,6 +31,8 @@ class Settings:
     ip_adapter_scale: float = 0.6  # h94 recommends 0.5 to 0.7 for Plus when text must still steer
     output_format: str = "png"  # Replicate's output is PNG
     device: str = "auto"  # auto: cuda when available, else cpu
+    # auto: float16 on CUDA, float32 on a CPU; or float16, bfloat16, float32.
+    dtype: str = "auto"
     reference_cache_size: int = 64  # encoded references kept (LRU); about 0.7 MB each in fp16
     # img2img strength of the refine pass that brings the ~1 MP base to a larger output: hires-fix
     # practice (and SDXL's refiner recipes) sit at 0.3 to 0.4; higher adds detail but drifts.
@@ -45,6 +48,9 @@ class Settings:
     turbo: bool = False
     # Fuse each self-attention's Q, K, V projections into one matmul (cross-attention stays as is).
     fuse_qkv: bool = True
+    # torch.compile the UNet's and the VAE's ResNet and feed-forward blocks, and generate every
+    # output size once at setup so that no request pays for compilation (a longer cold boot).
+    compile: bool = False
     # Where the queue publishes how many predictions are in flight (read by scripts/drain.py).
     queue_state_file: Path = Path(tempfile.gettempdir()) / "gen4-queue.json"
 
@@ -73,6 +79,8 @@ class Settings:
             raise ValueError(f"GEN4_REFINE_STRENGTH must be in (0, 1], got {self.refine_strength}")
         if self.vae_tiling not in VAE_TILING_MODES:
             raise ValueError(f"GEN4_VAE_TILING must be one of {', '.join(VAE_TILING_MODES)}, got {self.vae_tiling!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"GEN4_DTYPE must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if self.reference_cache_size < 1:
             raise ValueError(f"GEN4_REFERENCE_CACHE_SIZE must be at least 1, got {self.reference_cache_size}")
 

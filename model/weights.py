@@ -77,8 +77,10 @@ def required_repos(turbo: bool = False) -> tuple[WeightsRepo, ...]:
     return (*ALL_REPOS, SDXL_LIGHTNING) if turbo else ALL_REPOS
 
 
-# Written by scripts/make_tiny_weights.py so that logs can say plainly which weights run.
+# Written by scripts/make_random_weights.py so that logs can say plainly which weights run: tiny
+# stand-ins for tests, or the published full-size architectures with random values (GPU timing).
 TINY_MARKER = "TINY_RANDOM_WEIGHTS"
+FULL_RANDOM_MARKER = "FULL_SIZE_RANDOM_WEIGHTS"
 
 
 def missing_repos(weights_dir: Path, turbo: bool = False) -> list[WeightsRepo]:
@@ -86,6 +88,10 @@ def missing_repos(weights_dir: Path, turbo: bool = False) -> list[WeightsRepo]:
     return [r for r in required_repos(turbo) if not (weights_dir / r.folder / r.marker).is_file()]
 
 
-def is_tiny(weights_dir: Path) -> bool:
-    """True for the tiny random stand-ins that scripts/make_tiny_weights.py builds."""
-    return (weights_dir / TINY_MARKER).is_file()
+def weights_label(weights_dir: Path) -> str:
+    """What the folder holds, in words for logs and benchmark tables."""
+    if (weights_dir / TINY_MARKER).is_file():
+        return "tiny random"
+    if (weights_dir / FULL_RANDOM_MARKER).is_file():
+        return "full-size random"
+    return "real"

@@ -12,8 +12,10 @@ cached. Server: the same request end to end through the real Cog server, so that
 the difference from the in-process latency. Injection: the same request through the loaded
 pipeline as diffusers' plain multi-image IP-Adapter and with this project's per-tag region masks,
 interleaved. Writes JSON and a markdown table under docs/benchmarks/, naming device, versions and
-date. Uses the real weights when the folder holds them, else tiny random ones (then only ratios
-mean anything, and only for that CPU). --fast: 2 entries, 1 run, 2 steps (for CI).
+date. Uses the real weights when the folder holds them; otherwise random ones built by
+scripts/make_random_weights.py: the published full-size architectures on CUDA (real GPU timings,
+no download), tiny ones on a CPU (then only ratios mean anything, and only for that CPU).
+--fast: 2 entries, 1 run, 2 steps (for CI).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from model.service import Generator  # noqa: E402
 from model.settings import Settings  # noqa: E402
 from model.tables import OUTPUT_SIZES  # noqa: E402
 from model.tokens import mention_positions  # noqa: E402
-from model.weights import is_tiny, missing_repos  # noqa: E402
+from model.weights import missing_repos, weights_label  # noqa: E402
 from scripts.serve import CogServer  # noqa: E402
 
 log = logging.getLogger("benchmark")
@@ -296,6 +298,9 @@ def main() -> None:
     parser.add_argument("--no-server", action="store_true")
     parser.add_argument("--no-injection", action="store_true")
     parser.add_argument("--no-turbo", action="store_true")
+    parser.add_argument(
+        "--random", choices=("tiny", "full"), help="random weights when weights/ is incomplete (default: full on CUDA)"
+    )
     parser.add_argument("--fast", action="store_true", help="2 entries, 1 run, 2 steps: a smoke run for CI")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
@@ -304,9 +309,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     weights = args.weights_dir
     if missing_repos(weights):
-        weights = Path(tempfile.mkdtemp(prefix="tiny-weights-"))
-        log.info("no complete weights in %s: building tiny random weights in %s", args.weights_dir, weights)
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_weights.py"), str(weights)], check=True)
+        size = args.random or ("full" if torch.cuda.is_available() else "tiny")
+        weights = Path(tempfile.mkdtemp(prefix=f"{size}-random-weights-"))
+        log.info("no complete weights in %s: building %s random weights in %s", args.weights_dir, size, weights)
+        command = [sys.executable, str(ROOT / "scripts" / "make_random_weights.py"), str(weights), "--size", size]
+        if torch.cuda.is_available():
+            command += ["--device", "cuda"]
+        subprocess.run(command, check=True)
     entries = pick_entries(args.entries)
 
     started = time.perf_counter()
@@ -319,7 +328,7 @@ def main() -> None:
         result = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "device": device_name(),
-            "weights": "tiny random" if is_tiny(weights) else "real",
+            "weights": weights_label(weights),
             "versions": {
                 "torch": torch.__version__,
                 "diffusers": diffusers.__version__,
@@ -340,7 +349,7 @@ def main() -> None:
         if not args.no_server:
             result["server"] = bench_server(weights, args.steps, entries[-1], refs, last["latency_s"])
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"benchmark-{'tiny' if is_tiny(weights) else 'real'}-{generator.runtime.device.type}"
+    stem = f"benchmark-{weights_label(weights).split()[0]}-{generator.runtime.device.type}"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(result) + "\n")
     log.info("wrote %s", args.out / f"{stem}.md")

@@ -62,7 +62,7 @@ def pick_weights() -> tuple[Path, dict[str, str]]:
         tiny,
     )
     if missing_repos(tiny):
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_weights.py"), str(tiny)], check=True)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_random_weights.py"), str(tiny)], check=True)
     return tiny, {"GEN4_STEPS": "4"}
 
 

@@ -7,6 +7,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -r requirements-dev.txt
-# Only for the CLIP BPE vocabulary that scripts/make_tiny_weights.py builds tokenizers from;
+# Only for the CLIP BPE vocabulary that scripts/make_random_weights.py builds tokenizers from;
 # --no-deps because its torchvision dependency breaks beside the CPU torch build.
 .venv/bin/python -m pip install --quiet --no-deps open-clip-torch==3.3.0

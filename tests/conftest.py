@@ -38,7 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny random weights in the real layout, built by the project's own script."""
     out = tmp_path_factory.mktemp("tiny-weights")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_weights.py"), str(out)], check=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_random_weights.py"), str(out)], check=True)
     return out
 
 

@@ -15,7 +15,7 @@ from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipelin
 from PIL import Image
 
 from model.generate import decode
-from model.pipeline import MissingWeightsError, Runtime, check_weights, load_pipeline
+from model.pipeline import MissingWeightsError, check_weights
 from model.regions import RegionState
 from model.request import Request
 from model.service import Generator
@@ -166,15 +166,33 @@ def test_refine_pass_carries_the_base_pass_references_text_and_tag_masks(
         assert torch.equal(masks, resized)
 
 
-def test_fp16_load_is_fp16_throughout_and_the_vae_never_upcasts(tiny_weights: Path) -> None:
-    """The CUDA runtime's dtype, loaded (not run) on the CPU: every module in fp16, and the
-    fp16-fix VAE's config tells diffusers not to upcast it to fp32 (our own decode never does)."""
-    pipe = load_pipeline(tiny_weights, Runtime(torch.device("cpu"), torch.float16))
-    modules = {name: c for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
-    assert {"unet", "vae", "text_encoder", "text_encoder_2", "image_encoder"} <= set(modules)
-    wrong = [(name, p) for name, m in modules.items() for p, t in m.named_parameters() if t.dtype != torch.float16]
-    assert not wrong, wrong[:5]
-    assert pipe.vae.config.force_upcast is False
+def half_precision_leaks(generator: Generator, dtype: torch.dtype) -> list[str]:
+    """Parameters of the set-up model (both pipelines, the installed processors, the fused
+    projections) that are not in `dtype`."""
+    modules = {f"pipe.{n}": c for n, c in generator.pipe.components.items() if isinstance(c, torch.nn.Module)}
+    modules |= {f"refiner.{n}": c for n, c in generator.refiner.components.items() if isinstance(c, torch.nn.Module)}
+    assert {"pipe.unet", "pipe.vae", "pipe.text_encoder", "pipe.text_encoder_2", "pipe.image_encoder"} <= set(modules)
+    return [f"{name}.{p}" for name, m in modules.items() for p, t in m.named_parameters() if t.dtype != dtype]
+
+
+def test_fp16_setup_is_fp16_throughout_and_the_vae_never_upcasts(tiny_weights: Path) -> None:
+    """The CUDA runtime's dtype, set up (not run) on the CPU: every module of both pipelines in
+    fp16 after the whole setup (diffusers' from_pipe casts to float32 unless told otherwise), and
+    the fp16-fix VAE's config tells diffusers not to upcast it (our own decode never does)."""
+    generator = Generator(Settings(weights_dir=tiny_weights, device="cpu", dtype="float16"))
+    leaks = half_precision_leaks(generator, torch.float16)
+    assert not leaks, leaks[:5]
+    assert generator.pipe.vae.config.force_upcast is False
+
+
+def test_a_half_precision_runtime_generates_end_to_end(tiny_weights: Path, tmp_path: Path) -> None:
+    """bfloat16 (which a CPU can run): every stage, references, tag masks and refine included,
+    stays in the runtime's dtype and the output has the exact size."""
+    generator = Generator(Settings(weights_dir=tiny_weights, steps=2, device="cpu", dtype="bfloat16"))
+    out = generator.predict(tagged(tmp_path, "@woman in @park", ["woman", "park"], "1080p", "4:3", seed=3))
+    assert Image.open(out).size == OUTPUT_SIZES["1080p"]["4:3"]
+    leaks = half_precision_leaks(generator, torch.bfloat16)
+    assert not leaks, leaks[:5]
 
 
 def test_decode_falls_back_to_tiles_on_out_of_memory(generator: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
