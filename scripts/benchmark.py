@@ -1,21 +1,24 @@
-"""Benchmark: per-size latency and stages, reference-cache gain, server overhead, and the cost of
-tag-localized injection against plain multi-image IP-Adapter; all measured in one run.
+"""Benchmark: per-size latency and stages, reference-cache gain, turbo, torch.compile, server
+overhead, and the cost of tag-localized injection against plain multi-image IP-Adapter; all
+measured in one run.
 
     python scripts/benchmark.py [--weights-dir DIR] [--steps 30] [--runs 5] [--entries all|1080p|E,...]
-                                [--no-server] [--no-injection] [--fast] [--out docs/benchmarks]
+                                [--random tiny|full] [--no-server] [--no-injection] [--no-turbo]
+                                [--no-compile] [--fast] [--out docs/benchmarks]
 
 Sizes: for each ratio-table entry, with 0 and with 3 tagged references, the warm latency (median of
 --runs after a warm-up), denoising steps per second, each stage's time (reference encoding, text
 encoding, base denoise, refine, VAE decode, resize, PNG write), the refine pass as a fraction of
 the base pass, and peak GPU memory on CUDA. References: encoding time cold (new images) and
-cached. Server: the same request end to end through the real Cog server, so that its overhead is
-the difference from the in-process latency. Injection: the same request through the loaded
-pipeline as diffusers' plain multi-image IP-Adapter and with this project's per-tag region masks,
-interleaved. Writes JSON and a markdown table under docs/benchmarks/, naming device, versions and
-date. Uses the real weights when the folder holds them; otherwise random ones built by
-scripts/make_random_weights.py: the published full-size architectures on CUDA (real GPU timings,
-no download), tiny ones on a CPU (then only ratios mean anything, and only for that CPU).
---fast: 2 entries, 1 run, 2 steps (for CI).
+cached. Turbo and compile: each against the default in the same run, and what compiling adds to
+setup (GEN4_COMPILE compiles and warms every size there). Server: the same request end to end
+through the real Cog server, so that its overhead is the difference from the in-process latency.
+Injection: the same request through the loaded pipeline as diffusers' plain multi-image IP-Adapter
+and with this project's per-tag region masks, interleaved. Writes JSON and a markdown table under
+docs/benchmarks/, naming device, versions and date. Uses the real weights when the folder holds
+them; otherwise random ones built by scripts/make_random_weights.py: the published full-size
+architectures on CUDA (real GPU timings, no download), tiny ones on a CPU (then only ratios mean
+anything, and only for that CPU). --fast: 2 entries, 1 run, 2 steps (for CI).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +53,7 @@ from model.prompt import parse_prompt  # noqa: E402
 from model.regions import RegionConfig, RegionState, bind_references  # noqa: E402
 from model.request import Request  # noqa: E402
 from model.service import Generator  # noqa: E402
-from model.settings import Settings  # noqa: E402
+from model.settings import settings_from_env  # noqa: E402
 from model.tables import OUTPUT_SIZES  # noqa: E402
 from model.tokens import mention_positions  # noqa: E402
 from model.weights import missing_repos, weights_label  # noqa: E402
@@ -57,6 +62,7 @@ from scripts.serve import CogServer  # noqa: E402
 log = logging.getLogger("benchmark")
 PROMPT = "a close up portrait of @woman and @man standing in @park, hands in pockets, looking cool."
 TAGS = ["park", "woman", "man"]
+PATH_SETTINGS = ("weights_dir", "queue_state_file")  # machine-specific: left out of the results
 
 
 def device_name() -> str:
@@ -157,8 +163,11 @@ def bench_reference_cache(generator: Generator, runs: int) -> dict:
     }
 
 
-def bench_server(weights: Path, steps: int, entry: tuple[str, str], refs: list[Path], in_process_s: float) -> dict:
-    """One request end to end through the real Cog server (after a warm-up request)."""
+def bench_server(
+    generator: Generator, weights: Path, steps: int, entry: tuple[str, str], refs: list[Path], runs: int
+) -> dict:
+    """The same request end to end through the real Cog server and in this process, interleaved
+    (after a warm-up of each), so that the difference of the medians is the server's overhead."""
     inputs = {
         "prompt": PROMPT,
         "resolution": entry[0],
@@ -167,44 +176,73 @@ def bench_server(weights: Path, steps: int, entry: tuple[str, str], refs: list[P
         "reference_images": ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in refs],
         "seed": 1,
     }
+    request = request_for(entry, refs)
     with tempfile.TemporaryDirectory() as folder, open(Path(folder) / "server.log", "w") as server_log:
         server = CogServer(weights, log=server_log, extra_env={"GEN4_STEPS": str(steps)})
         try:
             setup_started = time.perf_counter()
             server.wait_ready(timeout=900)
             setup_s = time.perf_counter() - setup_started
-            server.predict(inputs)  # warm-up
-            started = time.perf_counter()
-            body = server.predict(inputs).json()
-            end_to_end = time.perf_counter() - started
+
+            predict_times: list[float] = []  # coglet's own metrics.predict_time: the worker's predict()
+
+            def served() -> None:
+                body = server.predict(inputs).json()
+                assert body["status"] == "succeeded", body.get("error")
+                predict_times.append(body["metrics"]["predict_time"])
+
+            served_s, local_s = interleaved(runs, served, lambda: quiet_predict(generator, request))
         finally:
             server.stop()
-    assert body["status"] == "succeeded", body.get("error")
+    # What HTTP and coglet add around the worker's predict(): the served median minus the median
+    # of coglet's own predict_time. The rest of server_overhead_s is the worker process itself.
+    predict_s = statistics.median(predict_times[1:])  # without the warm-up
     return {
         "entry": f"{entry[0]} {entry[1]}",
         "server_setup_s": round(setup_s, 2),
-        "end_to_end_s": round(end_to_end, 4),
-        "in_process_s": round(in_process_s, 4),
-        "server_overhead_s": round(end_to_end - in_process_s, 4),
+        "end_to_end_s": round(served_s, 4),
+        "predict_time_s": round(predict_s, 4),
+        "http_and_coglet_s": round(served_s - predict_s, 4),
+        "in_process_s": round(local_s, 4),
+        "server_overhead_s": round(served_s - local_s, 4),
     }
 
 
-def bench_turbo(weights: Path, entry: tuple[str, str], refs: list[Path], runs: int, default_s: float) -> dict:
-    """The same request with GEN4_TURBO=1 (SDXL-Lightning 4-step LoRA, no CFG), in this process."""
+def interleaved(runs: int, *calls: Callable[[], object]) -> list[float]:
+    """Median seconds of each call, after one warm-up of each, alternating them run by run so
+    that drift in the machine (clocks, other load) hits all of them alike."""
+    for call in calls:
+        call()
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(runs):
+        for call, seconds in zip(calls, times, strict=True):
+            seconds.append(time_call(call))
+    return [statistics.median(seconds) for seconds in times]
+
+
+def bench_variant(generator: Generator, variant: str, entry: tuple[str, str], refs: list[Path], runs: int) -> dict:
+    """GEN4_TURBO=1 or GEN4_COMPILE=1 against the default, interleaved in this process, and what
+    the variant adds to setup (compile: compiling and warming every size)."""
+    started = time.perf_counter()
     with quiet():
-        turbo = Generator(Settings(weights_dir=weights, turbo=True))
+        other = Generator(replace(generator.settings, **{variant: True}))
+    setup_s = time.perf_counter() - started
     request = request_for(entry, refs)
-    quiet_predict(turbo, request)  # warm-up
-    latencies = [time_call(lambda: quiet_predict(turbo, request)) for _ in range(runs)]
-    median = statistics.median(latencies)
-    return {
+    default_s, variant_s = interleaved(
+        runs, lambda: quiet_predict(generator, request), lambda: quiet_predict(other, request)
+    )
+    result = {
         "entry": f"{entry[0]} {entry[1]}",
         "references": len(refs),
         "default_s": round(default_s, 4),
-        "turbo_s": round(median, 4),
-        "speedup": round(default_s / median, 2),
-        "stages_s": {k: round(v, 4) for k, v in turbo.last_timings.items()},
+        f"{variant}_s": round(variant_s, 4),
+        "speedup": round(default_s / variant_s, 3),
+        "setup_s": round(setup_s, 2),
+        "stages_s": {k: round(v, 4) for k, v in other.last_timings.items()},
     }
+    if other.compile_s is not None:
+        result["compile_and_warm_up_s"] = round(other.compile_s, 2)
+    return result
 
 
 def bench_injection(generator: Generator, steps: int, runs: int, width: int, height: int) -> dict:
@@ -232,18 +270,14 @@ def bench_injection(generator: Generator, steps: int, runs: int, width: int, hei
             output_type="latent",
         )
 
-    run(False), run(True)  # warm-up
-    plain, localized = [], []
-    for _ in range(runs):
-        plain.append(time_call(lambda: run(False)))
-        localized.append(time_call(lambda: run(True)))
+    plain, localized = interleaved(runs, lambda: run(False), lambda: run(True))
     return {
         "size": f"{width}x{height}",
         "steps": steps,
         "references": 3,
-        "plain_ip_adapter_median_s": round(statistics.median(plain), 4),
-        "tag_localized_median_s": round(statistics.median(localized), 4),
-        "ratio_localized_over_plain": round(statistics.median(localized) / statistics.median(plain), 3),
+        "plain_ip_adapter_median_s": round(plain, 4),
+        "tag_localized_median_s": round(localized, 4),
+        "ratio_localized_over_plain": round(localized / plain, 3),
     }
 
 
@@ -252,7 +286,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Benchmark: {result['weights']} weights on {result['device']}",
         "",
-        f"{result['date']}; steps {result['steps']}, runs {result['runs']}; "
+        f"{result['date']}; steps {result['steps']}, runs {result['runs']}, {result['dtype']}; "
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
         + f"; setup {result['setup_s']} s",
         "",
@@ -270,7 +304,7 @@ def markdown(result: dict) -> str:
             cells += [row["refine_over_base"], row["peak_gpu_gb"]] + [row["stages_s"].get(k, "") for k in stage_names]
             lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
         lines.append("")
-    for key in ("reference_cache", "turbo", "server", "injection"):
+    for key in ("reference_cache", "turbo", "compile", "server", "injection"):
         if result.get(key):
             lines += [f"**{key}**: " + ", ".join(f"{k} {v}" for k, v in result[key].items()), ""]
     return "\n".join(lines)
@@ -298,6 +332,7 @@ def main() -> None:
     parser.add_argument("--no-server", action="store_true")
     parser.add_argument("--no-injection", action="store_true")
     parser.add_argument("--no-turbo", action="store_true")
+    parser.add_argument("--no-compile", action="store_true", help="skip GEN4_COMPILE (minutes of compiling)")
     parser.add_argument(
         "--random", choices=("tiny", "full"), help="random weights when weights/ is incomplete (default: full on CUDA)"
     )
@@ -320,7 +355,10 @@ def main() -> None:
 
     started = time.perf_counter()
     with quiet():
-        generator = Generator(Settings(weights_dir=weights, steps=args.steps))
+        # The server's own settings (GEN4_* variables), with this run's weights and steps; turbo
+        # and compile are measured against this default below.
+        settings = replace(settings_from_env(), weights_dir=weights, steps=args.steps, turbo=False, compile=False)
+        generator = Generator(settings)
     setup_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as folder:
         refs = reference_files(Path(folder))
@@ -336,6 +374,8 @@ def main() -> None:
             },
             "steps": args.steps,
             "runs": args.runs,
+            "dtype": str(generator.runtime.dtype).removeprefix("torch."),
+            "settings": {k: str(v) for k, v in asdict(settings).items() if k not in PATH_SETTINGS},
             "setup_s": round(setup_s, 2),
             "sizes": sizes,
             "reference_cache": bench_reference_cache(generator, max(3, args.runs)),
@@ -343,11 +383,12 @@ def main() -> None:
         if not args.no_injection:
             width, height = plan_for(*entries[-1]).base
             result["injection"] = bench_injection(generator, args.steps, max(3, args.runs), width, height)
-        last = next(r for r in reversed(sizes) if r["references"] == 3)
         if not args.no_turbo and not missing_repos(weights, turbo=True):
-            result["turbo"] = bench_turbo(weights, entries[-1], refs, args.runs, last["latency_s"])
+            result["turbo"] = bench_variant(generator, "turbo", entries[-1], refs, max(3, args.runs))
+        if not args.no_compile:
+            result["compile"] = bench_variant(generator, "compile", entries[-1], refs, max(3, args.runs))
         if not args.no_server:
-            result["server"] = bench_server(weights, args.steps, entries[-1], refs, last["latency_s"])
+            result["server"] = bench_server(generator, weights, args.steps, entries[-1], refs, max(3, args.runs))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"benchmark-{weights_label(weights).split()[0]}-{generator.runtime.device.type}"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")

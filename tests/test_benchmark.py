@@ -12,11 +12,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_fast_benchmark_writes_results(tiny_weights: Path, tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--fast"]
-    command += ["--no-server", "--no-injection", "--no-turbo"]
+    command += ["--no-server", "--no-injection", "--no-turbo", "--no-compile"]
     command += ["--weights-dir", str(tiny_weights), "--out", str(tmp_path)]
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     result = json.loads((tmp_path / "benchmark-tiny-cpu.json").read_text())
     assert result["weights"] == "tiny random" and result["device"].startswith("CPU")
+    assert result["dtype"] == "float32" and result["settings"]["steps"] == "2"
     entries = {(row["entry"], row["references"]) for row in result["sizes"]}
     assert entries == {("720p 16:9", 0), ("720p 16:9", 3), ("1080p 4:3", 0), ("1080p 4:3", 3)}
     refined = [row for row in result["sizes"] if row["entry"] == "1080p 4:3"]
