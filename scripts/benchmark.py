@@ -3,8 +3,9 @@ overhead, and the cost of tag-localized injection against plain multi-image IP-A
 measured in one run.
 
     python scripts/benchmark.py [--weights-dir DIR] [--steps 30] [--runs 5] [--entries all|1080p|E,...]
-                                [--random tiny|full] [--no-server] [--no-injection] [--no-turbo]
-                                [--no-compile] [--fast] [--out docs/benchmarks]
+                                [--random tiny|full] [--no-sizes] [--no-server] [--no-injection]
+                                [--injection-size WxH] [--no-turbo] [--no-compile] [--fast]
+                                [--out docs/benchmarks]
 
 Sizes: for each ratio-table entry, with 0 and with 3 tagged references, the warm latency (median of
 --runs after a warm-up), denoising steps per second, each stage's time (reference encoding, text
@@ -330,7 +331,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--entries", default="all", help="all, 720p, 1080p, or 'RES AR,RES AR'")
     parser.add_argument("--no-server", action="store_true")
+    parser.add_argument("--no-sizes", action="store_true", help="skip the per-entry table")
     parser.add_argument("--no-injection", action="store_true")
+    parser.add_argument(
+        "--injection-size", help="WxH of the injection comparison (default: the last entry's base size)"
+    )
     parser.add_argument("--no-turbo", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="skip GEN4_COMPILE (minutes of compiling)")
     parser.add_argument(
@@ -362,7 +367,7 @@ def main() -> None:
     setup_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as folder:
         refs = reference_files(Path(folder))
-        sizes = bench_sizes(generator, entries, refs, args.runs)
+        sizes = [] if args.no_sizes else bench_sizes(generator, entries, refs, args.runs)
         result = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "device": device_name(),
@@ -382,6 +387,8 @@ def main() -> None:
         }
         if not args.no_injection:
             width, height = plan_for(*entries[-1]).base
+            if args.injection_size:
+                width, height = (int(v) for v in args.injection_size.lower().split("x"))
             result["injection"] = bench_injection(generator, args.steps, max(3, args.runs), width, height)
         if not args.no_turbo and not missing_repos(weights, turbo=True):
             result["turbo"] = bench_variant(generator, "turbo", entries[-1], refs, max(3, args.runs))
