@@ -119,13 +119,15 @@ class Generator:
         prompt = parse_prompt("warm-up of @it")
         positions = mention_positions(prompt, self.pipe.tokenizer)
         references = self.encoder.encode([Image.new("RGB", (64, 64), "grey")])
+        text = self.text.encode(prompt.text)
+        bindings = bind_references(["it"], prompt, positions)
         for plan in dict.fromkeys(PLANS.values()):
             inputs = GenerationInputs(
-                text=self.text.encode(prompt.text),
+                text=text,
                 plan=plan,
                 seed=0,
                 references=references,
-                bindings=bind_references(["it"], prompt, positions),
+                bindings=bindings,
                 region_config=self.region_config,
                 steps=steps,
                 guidance=self.settings.effective_guidance,
