@@ -24,11 +24,11 @@ from model.output import OutputWriter, write_mask_image
 from model.pipeline import MissingWeightsError, Runtime, compile_blocks, img2img_from, load_pipeline, pick_runtime
 from model.plan import PLANS, Plan, plan_for
 from model.prompt import parse_prompt
-from model.references import ReferenceEncoder
-from model.regions import RegionConfig, bind_references, install_processors
+from model.references import Encoded, ReferenceEncoder
+from model.regions import Binding, RegionConfig, bind_references, install_processors
 from model.request import Request, ValidRequest, validate_request
 from model.settings import Settings, settings_from_env
-from model.text import TextEncoder
+from model.text import TextEmbeds, TextEncoder
 from model.tokens import mention_positions
 from model.weights import missing_repos, weights_label
 
@@ -85,7 +85,6 @@ class Generator:
         self.pipe = load_pipeline(settings.weights_dir, self.runtime, turbo=settings.turbo)
         self.refiner = img2img_from(self.pipe)
         self.text = TextEncoder(self.pipe)
-        self.weights_label = weights_label(settings.weights_dir)
         self.encoder = ReferenceEncoder(
             self.pipe.image_encoder,
             self.pipe.feature_extractor,
@@ -102,9 +101,8 @@ class Generator:
             blocks = compile_blocks(self.pipe.unet, self.pipe.vae)
             self.compile_s = self.warm_up()
             say(f"Compiled {blocks} UNet and VAE blocks; every output size warmed up in {self.compile_s:.1f}sec")
-        kind = "real weights"
-        if self.weights_label != "real":
-            kind = f"{self.weights_label.upper()} weights (stand-ins: images are noise)"
+        label = weights_label(settings.weights_dir)
+        kind = "real weights" if label == "real" else f"{label.upper()} weights (stand-ins: images are noise)"
         if settings.turbo:
             kind += ", TURBO (SDXL-Lightning 4-step LoRA, no CFG)"
         say(
@@ -122,19 +120,7 @@ class Generator:
         text = self.text.encode(prompt.text)
         bindings = bind_references(["it"], prompt, positions)
         for plan in dict.fromkeys(PLANS.values()):
-            inputs = GenerationInputs(
-                text=text,
-                plan=plan,
-                seed=0,
-                references=references,
-                bindings=bindings,
-                region_config=self.region_config,
-                steps=steps,
-                guidance=self.settings.effective_guidance,
-                ip_adapter_scale=self.settings.ip_adapter_scale,
-                refine_strength=self.settings.refine_strength,
-                vae_tiling=self.settings.vae_tiling,
-            )
+            inputs = self._inputs(text, plan, 0, references, bindings, steps)
             generate(self.pipe, self.refiner, inputs, self.runtime, Stopwatch(self.runtime.device))
         return time.perf_counter() - started
 
@@ -202,19 +188,7 @@ class Generator:
             text = self.text.encode(valid.prompt.text)
         # 4. Denoise and decode, following the size's plan.
         say("Generating...")
-        inputs = GenerationInputs(
-            text=text,
-            plan=plan,
-            seed=seed,
-            references=encoded,
-            bindings=bindings,
-            region_config=self.region_config,
-            steps=self.settings.effective_steps,
-            guidance=self.settings.effective_guidance,
-            ip_adapter_scale=self.settings.ip_adapter_scale,
-            refine_strength=self.settings.refine_strength,
-            vae_tiling=self.settings.vae_tiling,
-        )
+        inputs = self._inputs(text, plan, seed, encoded, bindings, self.settings.effective_steps)
         generation = generate(self.pipe, self.refiner, inputs, self.runtime, clock, on_step=Progress(should_stop))
         if generation.tiled_decode:
             say("VAE decode ran out of memory whole; decoded in tiles instead")
@@ -223,6 +197,24 @@ class Generator:
             if binding.tag and binding.kind != "global" and binding.index in shares:
                 say(f"@{binding.tag} covers {shares[binding.index]:.0%} of the image ({binding.kind})")
         return generation
+
+    def _inputs(
+        self, text: TextEmbeds, plan: Plan, seed: int, references: Encoded, bindings: list[Binding], steps: int
+    ) -> GenerationInputs:
+        """One generation's inputs: the request's parts, and the rest from the server's settings."""
+        return GenerationInputs(
+            text=text,
+            plan=plan,
+            seed=seed,
+            references=references,
+            bindings=bindings,
+            region_config=self.region_config,
+            steps=steps,
+            guidance=self.settings.effective_guidance,
+            ip_adapter_scale=self.settings.ip_adapter_scale,
+            refine_strength=self.settings.refine_strength,
+            vae_tiling=self.settings.vae_tiling,
+        )
 
     def _write_masks(self, generation: Generation, output: Path) -> None:
         region = generation.regions[-1]
