@@ -86,8 +86,8 @@ class RegionState:
     steps: int
     latent_hw: tuple[int, int]
     step: int = 0
-    # Sum of the anchor layers' maps for each subject at the current step, and how many layers.
-    _acc: dict[int, torch.Tensor] = field(default_factory=dict)
+    # Sum of the anchor layers' [seq, subjects] maps at the current step, and how many layers.
+    _acc: torch.Tensor | None = None
     _acc_layers: int = 0
     anchor_hw: tuple[int, int] | None = None
     # [n, h, w] weights at anchor resolution from the previous step; None until one exists.
@@ -96,6 +96,13 @@ class RegionState:
     frozen: bool = False
     # Masks per layer size for the current step: ~70 cross-attention layers share 3 sizes.
     _layer_cache: dict[int, torch.Tensor] = field(default_factory=dict)
+    # The same masks in the fast path's [seq, n, 1] form, scaled, keyed by layer size and dtype.
+    _weight_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    # [77, subjects] matrix that averages each subject's tag tokens, built once per device.
+    _token_mean: torch.Tensor | None = None
+    # Each layer's adapter keys and values, in the batched path's layout: a pass's references are
+    # fixed, so they are the same at every step (diffusers recomputes them in every layer and step).
+    _ip_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
     def carried(cls, base: RegionState, latent_hw: tuple[int, int], steps: int) -> RegionState:
@@ -117,8 +124,10 @@ class RegionState:
 
     @property
     def records(self) -> bool:
-        """Whether anchor layers should record text attention for this state."""
-        return not self.frozen and bool(self.subjects())
+        """Whether anchor layers record text attention at this step. A step's maps make the next
+        step's masks (the last step's, the refine pass's), and masks are used from the end of
+        warm-up on: so the anchors skip that work before the last warm-up step."""
+        return self.step >= self.warmup_steps - 1 and not self.frozen and bool(self.subjects())
 
     def subjects(self) -> list[Binding]:
         return [b for b in self.bindings if b.kind == "subject"]
@@ -135,22 +144,37 @@ class RegionState:
     def record(self, probs: torch.Tensor, seq_len: int) -> None:
         """Add an anchor layer's text attention (cond half: [heads, seq, 77]) for each subject."""
         self.anchor_hw = self.layer_hw(seq_len)
-        mean = probs.float().mean(dim=0)  # over heads: [seq, 77]
-        for b in self.subjects():
-            m = mean[:, list(b.tokens)].mean(dim=1)
-            self._acc[b.index] = self._acc.get(b.index, 0) + m
+        mean = probs.mean(dim=0, dtype=torch.float32)  # over heads: [seq, 77]
+        # One matmul averages every subject's tokens: indexing with a Python list of positions
+        # would copy the index to the GPU and wait for it, in every anchor layer.
+        token_mean = self.token_mean(mean.shape[-1], mean.device)
+        if self._acc is None:
+            self._acc = mean @ token_mean  # [seq, subjects]
+        else:
+            self._acc.addmm_(mean, token_mean)  # one op: multiply and add in place
         self._acc_layers += 1
+
+    def token_mean(self, text_len: int, device: torch.device) -> torch.Tensor:
+        """[text_len, subjects]: column j averages subject j's tag tokens. Built by comparing
+        positions on the device: any tensor made from Python data would be a copy from the host."""
+        if self._token_mean is None or self._token_mean.device != device:
+            positions = torch.arange(text_len, device=device)
+            columns = [sum((positions == t).float() for t in b.tokens) / len(b.tokens) for b in self.subjects()]
+            self._token_mean = torch.stack(columns, dim=1)
+        return self._token_mean
 
     def end_step(self) -> None:
         """After each denoising step: turn this step's maps into the masks the next step uses."""
         self.step += 1
-        if self._acc_layers and self.anchor_hw is not None:
+        if self._acc is not None and self.anchor_hw is not None:
             h, w = self.anchor_hw
-            maps = {i: (a / self._acc_layers).reshape(h, w) for i, a in self._acc.items()}
+            acc = self._acc / self._acc_layers
+            maps = {b.index: acc[:, j].reshape(h, w) for j, b in enumerate(self.subjects())}
             self.weights = masks_from_maps(self.bindings, maps, self.config.threshold, (h, w))
-        self._acc, self._acc_layers = {}, 0
+        self._acc, self._acc_layers = None, 0
         if not self.frozen and self.step >= self.warmup_steps:
-            self._layer_cache = {}  # the masks change from here on; during warm-up they do not
+            # The masks change from here on; during warm-up they do not.
+            self._layer_cache, self._weight_cache = {}, {}
 
     def shares(self) -> dict[int, float]:
         """Each reference's share of the image under the latest masks (read once, at the end:
@@ -171,11 +195,49 @@ class RegionState:
             cached = self._layer_cache[seq_len] = self._make_layer_masks(seq_len, device)
         return cached
 
+    def ip_weights(self, seq_len: int, device: torch.device, dtype: torch.dtype, scale: float) -> torch.Tensor | None:
+        """[seq, n, 1]: each reference's weight (its mask times the adapter scale) at each token of
+        a layer, in the fast path's form; None when every reference is off (warm-up, no global
+        reference), so that the layer skips the adapter."""
+        if self.tagged_off and not any(b.kind == "global" for b in self.bindings):
+            return None
+        key = (seq_len, device, dtype, scale)
+        cached = self._weight_cache.get(key)
+        if cached is None:
+            masks = self.layer_masks(seq_len, device)[0]  # [n, h, w]
+            cached = (masks.reshape(masks.shape[0], seq_len).T * scale).to(dtype)[..., None].contiguous()
+            self._weight_cache[key] = cached
+        return cached
+
+    def ip_keys_values(
+        self, processor: IPAdapterAttnProcessor2_0, ip: torch.Tensor, heads: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A layer's adapter keys, transposed and pre-scaled, [batch * heads, head_dim, images *
+        tokens], and values, [batch * heads, images * tokens, head_dim], computed at its first call
+        in this pass. `ip` is [batch, images, tokens, dim], the same at every step of a pass."""
+        cached = self._ip_kv.get(id(processor))
+        if cached is None or cached[1].shape[1] != ip.shape[1] * ip.shape[2]:
+            batch, length = ip.shape[0], ip.shape[1] * ip.shape[2]
+            key, value = processor.to_k_ip[0](ip), processor.to_v_ip[0](ip)
+            head_dim = key.shape[-1] // heads
+            key = key.view(batch, length, heads, head_dim).permute(0, 2, 3, 1) * head_dim**-0.5
+            value = value.view(batch, length, heads, head_dim).transpose(1, 2)
+            cached = (key.reshape(batch * heads, head_dim, length), value.reshape(batch * heads, length, head_dim))
+            self._ip_kv[id(processor)] = cached
+        return cached
+
+    @property
+    def tagged_off(self) -> bool:
+        """Whether tagged references are off at this step (warm-up, or no map yet)."""
+        return self.weights is None or self.step < self.warmup_steps
+
     def _make_layer_masks(self, seq_len: int, device: torch.device) -> torch.Tensor:
         h, w = self.layer_hw(seq_len)
         n = len(self.bindings)
-        if self.weights is None or self.step < self.warmup_steps:
-            on = torch.tensor([1.0 if b.kind == "global" else 0.0 for b in self.bindings], device=device)
+        if self.tagged_off:
+            # From factory calls: a tensor made from a Python list would be a copy from the host.
+            factories = [torch.ones if b.kind == "global" else torch.zeros for b in self.bindings]
+            on = torch.stack([make((), device=device) for make in factories])
             return on.view(1, n, 1, 1).expand(1, n, h, w)
         weights = self.weights.to(device)
         if weights.shape[-2:] != (h, w):
@@ -221,8 +283,12 @@ class TagRegionAttnProcessor(IPAdapterAttnProcessor2_0):
     """diffusers' IP-Adapter processor, each reference's output restricted to its tag's region.
 
     Without a `region` (or with no reference) it is exactly the parent. With one, it records the
-    text attention in anchor layers and passes per-reference masks to the parent's own masked
-    path (`ip_adapter_masks`), which already applies each image separately under its mask.
+    text attention in anchor layers and applies every reference under its mask. On SDXL's plain
+    cross-attention layers that takes one batched attention over all references (`_fast_call`):
+    diffusers' own masked path (`ip_adapter_masks`, kept for every other layer) loops over the
+    images and resamples each mask in every layer, and on a GPU those ~30 small launches per layer
+    made the denoising loop bound by the host. Both compute the same thing: per image, softmax
+    attention over that image's tokens, times its scale and mask, added to the text attention.
     """
 
     def __init__(self, *args: object, anchor: bool = False, **kwargs: object) -> None:
@@ -251,16 +317,75 @@ class TagRegionAttnProcessor(IPAdapterAttnProcessor2_0):
             return super().__call__(
                 attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, ip_adapter_masks
             )
+        if self.fast_path_fits(attn, attention_mask):
+            return self._fast_call(attn, hidden_states, encoder_hidden_states, region)
         seq_len = hidden_states.shape[1]
         if self.anchor and region.records:
             region.record(self._text_attention(attn, hidden_states, encoder_hidden_states[0]), seq_len)
         masks = region.layer_masks(seq_len, hidden_states.device)
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, [masks])
 
+    def fast_path_fits(self, attn: Attention, attention_mask: torch.Tensor | None) -> bool:
+        """Whether this layer is SDXL's plain cross-attention (one adapter with one scale, no norms,
+        no attention mask, no residual), the only case `_fast_call` implements."""
+        return (
+            attention_mask is None
+            and len(self.scale) == 1
+            and not isinstance(self.scale[0], list)
+            and attn.spatial_norm is None
+            and attn.group_norm is None
+            and not attn.norm_cross
+            and not attn.residual_connection
+        )
+
+    def _fast_call(
+        self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: tuple, region: RegionState
+    ) -> torch.Tensor:
+        text, (ip,) = encoder_hidden_states  # ip: [batch, images, tokens, dim]
+        batch, seq_len, _ = hidden_states.shape
+        heads = attn.heads
+        # 1. Text attention, as the parent computes it.
+        query = attn.to_q(hidden_states)
+        key, value = attn.to_k(text), attn.to_v(text)
+        head_dim = key.shape[-1] // heads
+        q = query.view(batch, -1, heads, head_dim).transpose(1, 2)
+        k = key.view(batch, -1, heads, head_dim).transpose(1, 2)
+        v = value.view(batch, -1, heads, head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
+        records = self.anchor and region.records
+        weights = region.ip_weights(seq_len, hidden_states.device, q.dtype, float(self.scale[0]))
+        if not records and weights is None:
+            return self._project(attn, out, query.dtype)
+        # One copy of the query in the layout batched matmuls take, shared by steps 2 and 3.
+        q_rows = q.reshape(batch * heads, seq_len, head_dim)
+        # 2. Anchor layers: where the tag tokens land, from the same query and key (cond half).
+        if records:
+            scores = torch.baddbmm(
+                q.new_empty(()), q_rows[-heads:], k[-1].transpose(-1, -2), beta=0, alpha=head_dim**-0.5
+            )
+            region.record(torch.softmax(scores, dim=-1), seq_len)
+        # 3. Every reference at once: per image a softmax over its own tokens (as the parent's
+        #    masked path), weighted by scale x mask, summed over images by one matmul.
+        if weights is not None:
+            images, tokens = ip.shape[1], ip.shape[2]
+            ip_key_t, ip_value = region.ip_keys_values(self, ip, heads)
+            scores = torch.bmm(q_rows, ip_key_t).view(batch * heads, seq_len, images, tokens)
+            probs = torch.softmax(scores, dim=-1) * weights
+            out = out + torch.bmm(probs.view(batch * heads, seq_len, images * tokens), ip_value).view(out.shape)
+        return self._project(attn, out, query.dtype)
+
+    @staticmethod
+    def _project(attn: Attention, out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """4. Heads back together and the output projection, as the parent."""
+        batch, heads, _, head_dim = out.shape
+        out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        return out / attn.rescale_output_factor
+
     @staticmethod
     def _text_attention(attn: Attention, hidden_states: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Softmax(QK^T) of the conditional half of the batch: [heads, seq, text tokens].
-        Computed only in anchor layers; the others keep SDPA's fused kernel."""
+        Computed only in anchor layers of the parent's path; the others keep SDPA's fused kernel."""
         cond = slice(hidden_states.shape[0] // 2, None) if hidden_states.shape[0] > 1 else slice(None)
         query = attn.to_q(hidden_states[cond])[-1]
         key = attn.to_k(text[cond])[-1]

@@ -48,6 +48,7 @@ import io  # noqa: E402
 import diffusers  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from model.plan import plan_for  # noqa: E402
 from model.prompt import parse_prompt  # noqa: E402
@@ -246,8 +247,32 @@ def bench_variant(generator: Generator, variant: str, entry: tuple[str, str], re
     return result
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops the host dispatches, views left out (on a GPU, roughly one kernel
+    launch each: the denoising loop is bound by the host when launching costs more than the
+    kernels run), and
+    among them those that, on a GPU, wait for the device or copy Python data from the host:
+    reading a value (`.item()`, `float(t)`, a branch on a tensor) and tensors made from Python
+    data (`torch.tensor([...])`, indexing with a list)."""
+
+    HOST_DATA = frozenset({"aten._local_scalar_dense.default", "aten.lift_fresh.default", "aten.nonzero.default"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.host_data: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not (func.is_view or func is torch.ops.aten._unsafe_view.default):
+            self.ops += 1
+        if str(func) in self.HOST_DATA:
+            self.host_data[str(func)] = self.host_data.get(str(func), 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
 def bench_injection(generator: Generator, steps: int, runs: int, width: int, height: int) -> dict:
-    """Plain multi-image IP-Adapter vs tag-localized, denoising only, interleaved."""
+    """Plain multi-image IP-Adapter vs tag-localized, denoising only, interleaved; and the ops
+    each dispatches per step (counted once, outside the timing)."""
     pipe, runtime = generator.pipe, generator.runtime
     images = [Image.new("RGB", (512, 512), c) for c in ("green", "pink", "navy")]
     embeds = generator.encoder.encode(images).ip_adapter_embeds(guidance=True).to(runtime.device, runtime.dtype)
@@ -272,6 +297,12 @@ def bench_injection(generator: Generator, steps: int, runs: int, width: int, hei
         )
 
     plain, localized = interleaved(runs, lambda: run(False), lambda: run(True))
+    counts = {}
+    for name, localized_run in (("plain", False), ("tag_localized", True)):
+        with OpCounter() as counter:
+            run(localized_run)
+        counts[f"{name}_ops_per_step"] = round(counter.ops / steps)
+        counts[f"{name}_host_reads"] = sum(counter.host_data.values())
     return {
         "size": f"{width}x{height}",
         "steps": steps,
@@ -279,6 +310,7 @@ def bench_injection(generator: Generator, steps: int, runs: int, width: int, hei
         "plain_ip_adapter_median_s": round(plain, 4),
         "tag_localized_median_s": round(localized, 4),
         "ratio_localized_over_plain": round(localized / plain, 3),
+        **counts,
     }
 
 

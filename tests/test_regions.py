@@ -22,6 +22,7 @@ from model.regions import (
 )
 from model.tokens import mention_positions
 from model.weights import SDXL_BASE
+from scripts.benchmark import OpCounter
 
 
 @pytest.fixture(scope="module")
@@ -122,21 +123,44 @@ def test_reference_contributes_exactly_zero_outside_its_mask() -> None:
     _, ours = parent_and_ours(2)
     hidden, (text, ip) = inputs(2)
     bindings = [Binding(0, "woman", "subject", (3,)), Binding(1, "man", "subject", (5,))]
-    region = RegionState(bindings, RegionConfig(warmup_fraction=0.0), steps=4, latent_hw=(4, 6))
     left = torch.zeros(4, 6)
     left[:, :3] = 1.0
-    region.weights = torch.stack([left, 1 - left])
-    region.step = 1
+    weights = torch.stack([left, 1 - left])
+
+    def run(references: torch.Tensor) -> torch.Tensor:
+        # A state per pass: within a pass the references are fixed (their keys are cached).
+        region = RegionState(bindings, RegionConfig(warmup_fraction=0.0), steps=4, latent_hw=(4, 6))
+        region.weights, region.step = weights, 1
+        return ours(attn, hidden, (text, [references]), region=region)
+
     with torch.no_grad():
-        base = ours(attn, hidden, (text, [ip[0] * 0]), region=region)
+        base = run(ip[0] * 0)
         for changed in (0, 1):
             bumped = ip[0].clone()
             bumped[:, changed] += 5.0
-            delta = ours(attn, hidden, (text, [bumped]), region=region) - ours(attn, hidden, (text, ip), region=region)
-            inside = region.weights[changed].flatten().bool()
+            delta = run(bumped) - run(ip[0])
+            inside = weights[changed].flatten().bool()
             assert torch.all(delta[:, ~inside] == 0)
             assert delta[:, inside].abs().sum() > 0
     assert base.shape == hidden.shape
+
+
+def test_adapter_keys_are_computed_once_per_pass() -> None:
+    """The adapter's keys and values are a function of the pass's fixed references: a second
+    step reuses them instead of running the adapter's projections again."""
+    attn = make_attention()
+    _, ours = parent_and_ours(3)
+    ours.anchor = False  # so that the masks stay the planted ones from step to step
+    hidden, enc = inputs(3)
+    region = planted_region(warmup=False)
+    calls = []
+    hook = ours.to_k_ip[0].register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        first = ours(attn, hidden, enc, region=region)
+        region.end_step()
+        second = ours(attn, hidden, enc, region=region)
+    hook.remove()
+    assert len(calls) == 1 and torch.equal(first, second)
 
 
 def test_warmup_turns_tagged_references_off_and_anchor_records_maps() -> None:
@@ -144,15 +168,112 @@ def test_warmup_turns_tagged_references_off_and_anchor_records_maps() -> None:
     _, ours = parent_and_ours(2)
     hidden, enc = inputs(2)
     bindings = [Binding(0, "woman", "subject", (3,)), Binding(1, None, "global")]
-    region = RegionState(bindings, RegionConfig(warmup_fraction=0.5), steps=4, latent_hw=(4, 6))
+    region = RegionState(bindings, RegionConfig(warmup_fraction=0.5), steps=6, latent_hw=(4, 6))
     masks = region.layer_masks(24, torch.device("cpu"))
     assert masks[0, 0].sum() == 0 and torch.all(masks[0, 1] == 1)
+    # Warm-up is 3 steps; maps are recorded from the last warm-up step on.
+    recording = []
     with torch.no_grad():
-        ours(attn, hidden, enc, region=region)
-    region.end_step()
+        for _ in range(6):
+            recording.append(region.records)
+            ours(attn, hidden, enc, region=region)
+            if region.step == 2:  # before the last warm-up step ends, no map has been made
+                assert region.weights is None
+            region.end_step()
+    assert recording == [False, False, True, True, True, True]
     assert region.weights is not None and region.weights.shape == (2, 4, 6)
     shares = region.shares()
     assert 0 < shares[0] <= 1 and shares[1] == 1.0
+
+
+def planted_region(warmup: bool) -> RegionState:
+    """Three references (subject, place, global) with planted subject masks, in warm-up or not."""
+    bindings = [Binding(0, "woman", "subject", (3,)), Binding(1, "park", "place", (5,)), Binding(2, None, "global")]
+    region = RegionState(bindings, RegionConfig(warmup_fraction=0.5), steps=4, latent_hw=(4, 6))
+    left = torch.zeros(4, 6)
+    left[:, :2] = 1.0
+    region.weights = torch.stack([left, 1 - left, torch.ones(4, 6)])
+    region.step = 0 if warmup else 2
+    return region
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_batched_path_equals_diffusers_masked_path(warmup: bool) -> None:
+    """The one-matmul path over all references computes what diffusers' per-image masked path
+    (`ip_adapter_masks`) computes with the same masks: fp32, 3 images, within 1e-5."""
+    attn = make_attention()
+    parent, ours = parent_and_ours(3)
+    hidden, enc = inputs(3)
+    region = planted_region(warmup)
+    assert ours.fast_path_fits(attn, None)
+    with torch.no_grad():
+        masks = region.layer_masks(24, torch.device("cpu"))
+        expected = parent(attn, hidden, enc, ip_adapter_masks=[masks])
+        got = ours(attn, hidden, enc, region=region)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_warmup_without_a_global_reference_skips_the_adapter() -> None:
+    region = RegionState([Binding(0, "woman", "subject", (3,))], RegionConfig(), steps=4, latent_hw=(4, 6))
+    assert region.ip_weights(24, torch.device("cpu"), torch.float32, 0.7) is None
+    attn = make_attention()
+    parent, ours = parent_and_ours(1)
+    hidden, (text, ip) = inputs(1)
+    with torch.no_grad():
+        got = ours(attn, hidden, (text, ip), region=region)
+        expected = parent(attn, hidden, (text, [ip[0]]), ip_adapter_masks=[torch.zeros(1, 1, 4, 6)])
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_other_layers_keep_diffusers_masked_path() -> None:
+    """A layer outside the batched path's case (here one with a residual connection) goes through
+    the parent's own masked path, with the same result."""
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, cross_attention_dim=24, heads=4, dim_head=8, residual_connection=True)
+    parent, ours = parent_and_ours(3)
+    hidden, enc = inputs(3)
+    region = planted_region(warmup=False)
+    assert not ours.fast_path_fits(attn, None)
+    with torch.no_grad():
+        expected = parent(attn, hidden, enc, ip_adapter_masks=[region.layer_masks(24, torch.device("cpu"))])
+        got = ours(attn, hidden, enc, region=region)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_tag_localization_adds_no_host_sync_to_the_step_loop(tiny_weights: Path) -> None:
+    """Counted on the real pipeline with the installed processors: the tag-localized denoising
+    loop (anchor maps, masks every step, 3 references) reads no tensor value on the host and
+    makes no tensor from Python data more often than plain IP-Adapter does."""
+    pipe = load_pipeline(tiny_weights, pick_runtime("cpu"))
+    pipe.set_ip_adapter_scale(0.6)
+    install_processors(pipe.unet, RegionConfig())
+    dim = pipe.image_encoder.config.hidden_size
+    tokens = (pipe.image_encoder.config.image_size // pipe.image_encoder.config.patch_size) ** 2 + 1
+    image_embeds = torch.randn(2, 3, tokens, dim, generator=torch.Generator().manual_seed(2))
+    bindings = [
+        Binding(0, "woman", "subject", (2,)),
+        Binding(1, "man", "subject", (4,)),
+        Binding(2, "park", "place", (7,)),
+    ]
+
+    def counts(region: RegionState | None) -> dict[str, int]:
+        with OpCounter() as watch:
+            pipe(
+                prompt="a woman and a man in a park",
+                width=256,
+                height=256,
+                num_inference_steps=4,
+                ip_adapter_image_embeds=[image_embeds],
+                cross_attention_kwargs={"region": region} if region else None,
+                callback_on_step_end=(lambda p, i, t, kw: region.end_step() or kw) if region else None,
+                output_type="latent",
+            )
+        return watch.host_data
+
+    region = RegionState(bindings, RegionConfig(warmup_fraction=0.25), steps=4, latent_hw=(32, 32))
+    localized, plain = counts(region), counts(None)
+    assert region.weights is not None and region.step == 4  # the anchors recorded and masks were made
+    assert localized == plain, f"localized {localized} vs plain {plain}"
 
 
 def test_fused_self_attention_gives_the_same_latents(tiny_weights: Path) -> None:
