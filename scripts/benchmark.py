@@ -270,9 +270,9 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def bench_injection(generator: Generator, steps: int, runs: int, width: int, height: int) -> dict:
-    """Plain multi-image IP-Adapter vs tag-localized, denoising only, interleaved; and the ops
-    each dispatches per step (counted once, outside the timing)."""
+def injection_runner(generator: Generator, steps: int, width: int, height: int) -> Callable[..., None]:
+    """`run(localized, on_step=None)`: one denoising (latents only) with 3 references, as diffusers'
+    plain multi-image IP-Adapter or with this project's per-tag region masks."""
     pipe, runtime = generator.pipe, generator.runtime
     images = [Image.new("RGB", (512, 512), c) for c in ("green", "pink", "navy")]
     embeds = generator.encoder.encode(images).ip_adapter_embeds(guidance=True).to(runtime.device, runtime.dtype)
@@ -281,8 +281,16 @@ def bench_injection(generator: Generator, steps: int, runs: int, width: int, hei
     pipe.set_ip_adapter_scale(generator.settings.ip_adapter_scale)
     scale = pipe.vae_scale_factor
 
-    def run(localized: bool) -> None:
+    def run(localized: bool, on_step: Callable[[], None] | None = None) -> None:
         region = RegionState(bindings, RegionConfig(), steps, (height // scale, width // scale))
+
+        def step_end(_pipe: object, _i: int, _t: object, kwargs: dict) -> dict:
+            if localized:
+                region.end_step()
+            if on_step is not None:
+                on_step()
+            return kwargs
+
         pipe(
             prompt=parsed.text,
             width=width,
@@ -292,17 +300,34 @@ def bench_injection(generator: Generator, steps: int, runs: int, width: int, hei
             ip_adapter_image_embeds=[embeds],
             generator=torch.Generator(device=runtime.device).manual_seed(1),
             cross_attention_kwargs={"region": region} if localized else None,
-            callback_on_step_end=(lambda p, i, t, kw: region.end_step() or kw) if localized else None,
+            callback_on_step_end=step_end,
             output_type="latent",
         )
 
-    plain, localized = interleaved(runs, lambda: run(False), lambda: run(True))
-    counts = {}
-    for name, localized_run in (("plain", False), ("tag_localized", True)):
+    return run
+
+
+def count_injection_ops(run: Callable[..., None]) -> dict:
+    """Ops dispatched at each step (views left out) and host reads, plain vs tag-localized: a
+    measure of host work that does not depend on the machine. Without CUDA graphs, a GPU run
+    whose kernels are small is bound by it."""
+    result = {}
+    for name, localized in (("plain", False), ("tag_localized", True)):
+        marks: list[int] = []
         with OpCounter() as counter:
-            run(localized_run)
-        counts[f"{name}_ops_per_step"] = round(counter.ops / steps)
-        counts[f"{name}_host_reads"] = sum(counter.host_data.values())
+            run(localized, on_step=lambda c=counter, m=marks: m.append(c.ops))
+        per_step = [b - a for a, b in zip([0, *marks], marks, strict=False)]
+        result[name] = {"ops": counter.ops, "ops_per_step": per_step, "host_reads": counter.host_data}
+    result["ops_ratio_localized_over_plain"] = round(result["tag_localized"]["ops"] / result["plain"]["ops"], 3)
+    return result
+
+
+def bench_injection(generator: Generator, steps: int, runs: int, width: int, height: int) -> dict:
+    """Plain multi-image IP-Adapter vs tag-localized, denoising only, interleaved; and the ops
+    each dispatches (counted once, outside the timing)."""
+    run = injection_runner(generator, steps, width, height)
+    plain, localized = interleaved(runs, lambda: run(False), lambda: run(True))
+    counts = count_injection_ops(run)
     return {
         "size": f"{width}x{height}",
         "steps": steps,
@@ -310,7 +335,11 @@ def bench_injection(generator: Generator, steps: int, runs: int, width: int, hei
         "plain_ip_adapter_median_s": round(plain, 4),
         "tag_localized_median_s": round(localized, 4),
         "ratio_localized_over_plain": round(localized / plain, 3),
-        **counts,
+        "plain_ops": counts["plain"]["ops"],
+        "tag_localized_ops": counts["tag_localized"]["ops"],
+        "ops_ratio_localized_over_plain": counts["ops_ratio_localized_over_plain"],
+        "host_reads_plain": sum(counts["plain"]["host_reads"].values()),
+        "host_reads_tag_localized": sum(counts["tag_localized"]["host_reads"].values()),
     }
 
 
@@ -354,6 +383,22 @@ def pick_entries(spec: str) -> list[tuple[str, str]]:
     if unknown:
         raise SystemExit(f"--entries: unknown {unknown}; use all, 720p, 1080p or e.g. '1080p 4:3,720p 1:1'")
     return wanted  # type: ignore[return-value]
+
+
+def run_facts(generator: Generator) -> dict:
+    """What a result needs to be read: date, device, weights, versions, dtype and settings."""
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "device": device_name(),
+        "weights": weights_label(generator.settings.weights_dir),
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+        },
+        "dtype": str(generator.runtime.dtype).removeprefix("torch."),
+        "settings": {k: str(v) for k, v in asdict(generator.settings).items() if k not in PATH_SETTINGS},
+    }
 
 
 def main() -> None:
@@ -401,18 +446,9 @@ def main() -> None:
         refs = reference_files(Path(folder))
         sizes = [] if args.no_sizes else bench_sizes(generator, entries, refs, args.runs)
         result = {
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "device": device_name(),
-            "weights": weights_label(weights),
-            "versions": {
-                "torch": torch.__version__,
-                "diffusers": diffusers.__version__,
-                "python": platform.python_version(),
-            },
+            **run_facts(generator),
             "steps": args.steps,
             "runs": args.runs,
-            "dtype": str(generator.runtime.dtype).removeprefix("torch."),
-            "settings": {k: str(v) for k, v in asdict(settings).items() if k not in PATH_SETTINGS},
             "setup_s": round(setup_s, 2),
             "sizes": sizes,
             "reference_cache": bench_reference_cache(generator, max(3, args.runs)),

@@ -1,72 +1,56 @@
 """Profile plain vs tag-localized IP-Adapter denoising (torch.profiler) on full-size random weights
-on CUDA: 1152x864, 10 steps, 3 references. Output: docs/benchmarks/h100/profile-injection.txt.
+on CUDA: 1152x864, 10 steps, 3 references. Prints the kernel count, the top ops by GPU and by CPU
+time, and the ops that wait for the device (output kept in docs/benchmarks/h100/).
 
-    python scripts/profile_injection.py
+    python scripts/profile_injection.py [--weights-dir DIR]
 """
 
+from __future__ import annotations
+
+import argparse
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, ".")
-import torch
-from PIL import Image
-from torch.profiler import ProfilerActivity, profile
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-import scripts.benchmark as b
-from model.prompt import parse_prompt
-from model.regions import RegionConfig, RegionState, bind_references
-from model.service import Generator
-from model.settings import Settings
-from model.tokens import mention_positions
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-w = Path(tempfile.mkdtemp())
-subprocess.run(
-    [sys.executable, "scripts/make_random_weights.py", str(w), "--size", "full", "--device", "cuda"],
-    check=True,
-    capture_output=True,
-)
-g = Generator(Settings(weights_dir=w, steps=10))
-pipe, rt = g.pipe, g.runtime
-emb = (
-    g.encoder.encode([Image.new("RGB", (512, 512), c) for c in ("green", "pink", "navy")])
-    .ip_adapter_embeds(guidance=True)
-    .to(rt.device, rt.dtype)
-)
-p = parse_prompt(b.PROMPT)
-bind = bind_references(list(b.TAGS), p, mention_positions(p, pipe.tokenizer))
-pipe.set_ip_adapter_scale(0.6)
+from model.service import Generator  # noqa: E402
+from model.settings import Settings  # noqa: E402
+from model.weights import missing_repos  # noqa: E402
+from scripts.benchmark import injection_runner  # noqa: E402
+
+STEPS = 10
 
 
-def run(loc, steps=10):
-    r = RegionState(bind, RegionConfig(), steps, (108, 144))
-    pipe(
-        prompt=p.text,
-        width=1152,
-        height=864,
-        num_inference_steps=steps,
-        guidance_scale=5.0,
-        ip_adapter_image_embeds=[emb],
-        cross_attention_kwargs={"region": r} if loc else None,
-        callback_on_step_end=(lambda a, i, t, kw: r.end_step() or kw) if loc else None,
-        output_type="latent",
-    )
-
-
-for loc in (False, True):
-    run(loc)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        run(loc)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights-dir", type=Path, help="default: build full-size random weights on the GPU")
+    args = parser.parse_args()
+    weights = args.weights_dir
+    if weights is None or missing_repos(weights):
+        weights = Path(tempfile.mkdtemp())
+        command = [sys.executable, str(ROOT / "scripts" / "make_random_weights.py"), str(weights), "--size", "full"]
+        subprocess.run([*command, "--device", "cuda"], check=True, capture_output=True)
+    run = injection_runner(Generator(Settings(weights_dir=weights, steps=STEPS)), STEPS, 1152, 864)
+    for localized in (False, True):
+        run(localized)
         torch.cuda.synchronize()
-    ka = prof.key_averages()
-    print("=== localized" if loc else "=== plain", "kernels:", sum(e.count for e in ka if e.device_type.name == "CUDA"))
-    print(ka.table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
-    print(ka.table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))
-    syncs = [
-        (e.key, e.count)
-        for e in ka
-        if "ynchronize" in e.key or e.key in ("aten::item", "aten::_local_scalar_dense", "aten::nonzero")
-    ]
-    print("syncs", syncs)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            run(localized)
+            torch.cuda.synchronize()
+        ka = prof.key_averages()
+        kernels = sum(e.count for e in ka if e.device_type.name == "CUDA")
+        print("=== localized" if localized else "=== plain", "kernels:", kernels)
+        print(ka.table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+        print(ka.table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))
+        waits = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero")
+        print("syncs", [(e.key, e.count) for e in ka if "ynchronize" in e.key or e.key in waits])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Count the ops each denoising step dispatches, plain multi-image IP-Adapter vs tag-localized
+(3 references), on any weights: the host's share of the injection's cost, independent of the
+machine. Fast enough on a CPU even for the full-size architectures at a small size.
+
+    python scripts/count_injection_ops.py [--weights-dir DIR] [--steps 30] [--size 256x256] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model.service import Generator  # noqa: E402
+from model.settings import settings_from_env  # noqa: E402
+from scripts.benchmark import count_injection_ops, injection_runner, quiet, run_facts  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights-dir", type=Path, default=ROOT / "weights")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--size", default="256x256", help="WxH (the counts do not depend on it)")
+    parser.add_argument("--out", type=Path, help="JSON file to write (default: print)")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    with quiet():
+        generator = Generator(replace(settings_from_env(), weights_dir=args.weights_dir, steps=args.steps))
+    result = {**run_facts(generator), "size": args.size, "steps": args.steps}
+    result |= count_injection_ops(injection_runner(generator, args.steps, width, height))
+    text = json.dumps(result, indent=1)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
