@@ -24,3 +24,20 @@ def test_fast_benchmark_writes_results(tiny_weights: Path, tmp_path: Path) -> No
     assert all(row["refine_over_base"] > 0 and row["stages_s"]["refine"] > 0 for row in refined)
     assert result["reference_cache"]["cached_s"] < result["reference_cache"]["cold_s"]
     assert "| 1080p 4:3 | 1440x1080 | 3 |" in (tmp_path / "benchmark-tiny-cpu.md").read_text()
+
+
+def test_injection_op_count(tiny_weights: Path, tmp_path: Path) -> None:
+    """scripts/count_injection_ops.py: per-step op counts for both variants; tag localization adds
+    no host reads (on a GPU each would wait for the device)."""
+    out = tmp_path / "ops.json"
+    command = [sys.executable, str(ROOT / "scripts" / "count_injection_ops.py"), "--steps", "4"]
+    command += ["--weights-dir", str(tiny_weights), "--size", "128x128", "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["weights"] == "tiny random" and result["steps"] == 4
+    plain, localized = result["plain"], result["tag_localized"]
+    assert len(plain["ops_per_step"]) == len(localized["ops_per_step"]) == 4
+    assert sum(localized["ops_per_step"]) == localized["ops"] and plain["ops"] > 0
+    assert localized["ops_per_step"] != plain["ops_per_step"]  # the localized run took its own path
+    assert localized["host_reads"] == plain["host_reads"]
+    assert result["ops_ratio_localized_over_plain"] == round(localized["ops"] / plain["ops"], 3)
