@@ -102,7 +102,7 @@ class RegionState:
     _token_mean: torch.Tensor | None = None
     # Each layer's adapter keys and values, in the batched path's layout: a pass's references are
     # fixed, so they are the same at every step (diffusers recomputes them in every layer and step).
-    _ip_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _ip_kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
     def carried(cls, base: RegionState, latent_hw: tuple[int, int], steps: int) -> RegionState:
@@ -215,15 +215,15 @@ class RegionState:
         """A layer's adapter keys, transposed and pre-scaled, [batch * heads, head_dim, images *
         tokens], and values, [batch * heads, images * tokens, head_dim], computed at its first call
         in this pass. `ip` is [batch, images, tokens, dim], the same at every step of a pass."""
-        cached = self._ip_kv.get(id(processor))
-        if cached is None or cached[1].shape[1] != ip.shape[1] * ip.shape[2]:
+        cached = self._ip_kv.get((id(processor), ip.shape))
+        if cached is None:
             batch, length = ip.shape[0], ip.shape[1] * ip.shape[2]
             key, value = processor.to_k_ip[0](ip), processor.to_v_ip[0](ip)
             head_dim = key.shape[-1] // heads
             key = key.view(batch, length, heads, head_dim).permute(0, 2, 3, 1) * head_dim**-0.5
             value = value.view(batch, length, heads, head_dim).transpose(1, 2)
             cached = (key.reshape(batch * heads, head_dim, length), value.reshape(batch * heads, length, head_dim))
-            self._ip_kv[id(processor)] = cached
+            self._ip_kv[(id(processor), ip.shape)] = cached
         return cached
 
     @property
