@@ -270,9 +270,10 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def injection_runner(generator: Generator, steps: int, width: int, height: int) -> Callable[..., None]:
+def injection_runner(generator: Generator, steps: int, width: int, height: int) -> Callable[..., RegionState]:
     """`run(localized, on_step=None)`: one denoising (latents only) with 3 references, as diffusers'
-    plain multi-image IP-Adapter or with this project's per-tag region masks."""
+    plain multi-image IP-Adapter or with this project's per-tag region masks; returns the run's
+    region state (left unused by a plain run)."""
     pipe, runtime = generator.pipe, generator.runtime
     images = [Image.new("RGB", (512, 512), c) for c in ("green", "pink", "navy")]
     embeds = generator.encoder.encode(images).ip_adapter_embeds(guidance=True).to(runtime.device, runtime.dtype)
@@ -281,7 +282,7 @@ def injection_runner(generator: Generator, steps: int, width: int, height: int) 
     pipe.set_ip_adapter_scale(generator.settings.ip_adapter_scale)
     scale = pipe.vae_scale_factor
 
-    def run(localized: bool, on_step: Callable[[], None] | None = None) -> None:
+    def run(localized: bool, on_step: Callable[[], None] | None = None) -> RegionState:
         region = RegionState(bindings, RegionConfig(), steps, (height // scale, width // scale))
 
         def step_end(_pipe: object, _i: int, _t: object, kwargs: dict) -> dict:
@@ -303,11 +304,12 @@ def injection_runner(generator: Generator, steps: int, width: int, height: int) 
             callback_on_step_end=step_end,
             output_type="latent",
         )
+        return region
 
     return run
 
 
-def count_injection_ops(run: Callable[..., None]) -> dict:
+def count_injection_ops(run: Callable[..., RegionState]) -> dict:
     """Ops dispatched at each step (views left out) and host reads, plain vs tag-localized: a
     measure of host work that does not depend on the machine. Without CUDA graphs, a GPU run
     whose kernels are small is bound by it."""
@@ -385,6 +387,17 @@ def pick_entries(spec: str) -> list[tuple[str, str]]:
     return wanted  # type: ignore[return-value]
 
 
+def build_random_weights(size: str) -> Path:
+    """A new folder of random weights (scripts/make_random_weights.py), built on the GPU if any."""
+    weights = Path(tempfile.mkdtemp(prefix=f"{size}-random-weights-"))
+    log.info("building %s random weights in %s", size, weights)
+    command = [sys.executable, str(ROOT / "scripts" / "make_random_weights.py"), str(weights), "--size", size]
+    if torch.cuda.is_available():
+        command += ["--device", "cuda"]
+    subprocess.run(command, check=True)
+    return weights
+
+
 def run_facts(generator: Generator) -> dict:
     """What a result needs to be read: date, device, weights, versions, dtype and settings."""
     return {
@@ -426,13 +439,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     weights = args.weights_dir
     if missing_repos(weights):
-        size = args.random or ("full" if torch.cuda.is_available() else "tiny")
-        weights = Path(tempfile.mkdtemp(prefix=f"{size}-random-weights-"))
-        log.info("no complete weights in %s: building %s random weights in %s", args.weights_dir, size, weights)
-        command = [sys.executable, str(ROOT / "scripts" / "make_random_weights.py"), str(weights), "--size", size]
-        if torch.cuda.is_available():
-            command += ["--device", "cuda"]
-        subprocess.run(command, check=True)
+        log.info("no complete weights in %s", args.weights_dir)
+        weights = build_random_weights(args.random or ("full" if torch.cuda.is_available() else "tiny"))
     entries = pick_entries(args.entries)
 
     started = time.perf_counter()

@@ -8,9 +8,7 @@ time, and the ops that wait for the device (output kept in docs/benchmarks/h100/
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from model.service import Generator  # noqa: E402
 from model.settings import Settings  # noqa: E402
 from model.weights import missing_repos  # noqa: E402
-from scripts.benchmark import injection_runner  # noqa: E402
+from scripts.benchmark import build_random_weights, injection_runner  # noqa: E402
 
 STEPS = 10
 
@@ -33,9 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     weights = args.weights_dir
     if weights is None or missing_repos(weights):
-        weights = Path(tempfile.mkdtemp())
-        command = [sys.executable, str(ROOT / "scripts" / "make_random_weights.py"), str(weights), "--size", "full"]
-        subprocess.run([*command, "--device", "cuda"], check=True, capture_output=True)
+        weights = build_random_weights("full")
     run = injection_runner(Generator(Settings(weights_dir=weights, steps=STEPS)), STEPS, 1152, 864)
     for localized in (False, True):
         run(localized)

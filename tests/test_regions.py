@@ -20,9 +20,11 @@ from model.regions import (
     install_processors,
     masks_from_maps,
 )
+from model.service import Generator
+from model.settings import Settings
 from model.tokens import mention_positions
 from model.weights import SDXL_BASE
-from scripts.benchmark import OpCounter
+from scripts.benchmark import OpCounter, injection_runner
 
 
 @pytest.fixture(scope="module")
@@ -244,36 +246,14 @@ def test_tag_localization_adds_no_host_sync_to_the_step_loop(tiny_weights: Path)
     """Counted on the real pipeline with the installed processors: the tag-localized denoising
     loop (anchor maps, masks every step, 3 references) reads no tensor value on the host and
     makes no tensor from Python data more often than plain IP-Adapter does."""
-    pipe = load_pipeline(tiny_weights, pick_runtime("cpu"))
-    pipe.set_ip_adapter_scale(0.6)
-    install_processors(pipe.unet, RegionConfig())
-    dim = pipe.image_encoder.config.hidden_size
-    tokens = (pipe.image_encoder.config.image_size // pipe.image_encoder.config.patch_size) ** 2 + 1
-    image_embeds = torch.randn(2, 3, tokens, dim, generator=torch.Generator().manual_seed(2))
-    bindings = [
-        Binding(0, "woman", "subject", (2,)),
-        Binding(1, "man", "subject", (4,)),
-        Binding(2, "park", "place", (7,)),
-    ]
-
-    def counts(region: RegionState | None) -> dict[str, int]:
-        with OpCounter() as watch:
-            pipe(
-                prompt="a woman and a man in a park",
-                width=256,
-                height=256,
-                num_inference_steps=4,
-                ip_adapter_image_embeds=[image_embeds],
-                cross_attention_kwargs={"region": region} if region else None,
-                callback_on_step_end=(lambda p, i, t, kw: region.end_step() or kw) if region else None,
-                output_type="latent",
-            )
-        return watch.host_data
-
-    region = RegionState(bindings, RegionConfig(warmup_fraction=0.25), steps=4, latent_hw=(32, 32))
-    localized, plain = counts(region), counts(None)
+    generator = Generator(Settings(weights_dir=tiny_weights, steps=4, device="cpu"))
+    run = injection_runner(generator, steps=4, width=256, height=256)
+    with OpCounter() as localized:
+        region = run(True)
+    with OpCounter() as plain:
+        run(False)
     assert region.weights is not None and region.step == 4  # the anchors recorded and masks were made
-    assert localized == plain, f"localized {localized} vs plain {plain}"
+    assert localized.host_data == plain.host_data, f"localized {localized.host_data} vs plain {plain.host_data}"
 
 
 def test_fused_self_attention_gives_the_same_latents(tiny_weights: Path) -> None:
