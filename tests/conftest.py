@@ -58,10 +58,16 @@ def image_from_data_uri(uri: str) -> Image.Image:
 
 
 @pytest.fixture(scope="session")
-def cog_server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CogServer]:
-    folder = tmp_path_factory.mktemp("server")
+def queue_state_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's server publishes its queue (predictions admitted and not finished)."""
+    return tmp_path_factory.mktemp("server") / "queue.json"
+
+
+@pytest.fixture(scope="session")
+def cog_server(tiny_weights: Path, queue_state_file: Path) -> Iterator[CogServer]:
+    folder = queue_state_file.parent
     with open(folder / "server.log", "w") as log:
-        env = {"GEN4_STEPS": "2", "GEN4_QUEUE_STATE_FILE": str(folder / "queue.json"), **OFFLINE_ENV}
+        env = {"GEN4_STEPS": "2", "GEN4_QUEUE_STATE_FILE": str(queue_state_file), **OFFLINE_ENV}
         server = CogServer(tiny_weights, log=log, extra_env=env)
         try:
             server.wait_ready(timeout=300)

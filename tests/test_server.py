@@ -161,17 +161,30 @@ def submit(cog_server: CogServer, webhook: WebhookReceiver, name: str, inputs: d
     )
 
 
+def wait_in_flight(state_file: Path, count: int, timeout: float = 60) -> None:
+    """Wait until the model has exactly `count` predictions admitted (its queue's published count)."""
+    deadline = time.monotonic() + timeout
+    while in_flight(state_file) != count:
+        assert time.monotonic() < deadline, f"in flight: {in_flight(state_file)}, expected {count}"
+        time.sleep(0.05)
+
+
 def test_a_burst_within_the_bound_all_succeed_and_one_more_gets_409(
-    cog_server: CogServer, webhook: WebhookReceiver
+    cog_server: CogServer, webhook: WebhookReceiver, queue_state_file: Path
 ) -> None:
     bound = max_concurrency()
     assert bound == 4  # cog.yaml's concurrency.max
     run = uuid.uuid4().hex[:8]
     inputs = {"prompt": "a tall ship", "resolution": "1080p", "aspect_ratio": "16:9", "seed": 7}
     names = [f"burst-{run}-{k}" for k in range(bound)]
-    for name in names:
+    wait_in_flight(queue_state_file, 0)  # nothing left over from an earlier test
+    for k, name in enumerate(names):
         response = submit(cog_server, webhook, name, inputs)
         assert response.status_code == 202, response.text
+        # coglet answers 202 before its worker has the prediction, and hands a burst to the worker
+        # in no fixed order (CI saw the second start first), so the order of arrival that the
+        # queue keeps is the order in which predict() saw them: wait for each before the next.
+        wait_in_flight(queue_state_file, k + 1)
     # All four admitted (one generating, three queued): a fifth is past the bound.
     extra = submit(cog_server, webhook, f"burst-{run}-extra", inputs)
     assert extra.status_code == 409, extra.text
