@@ -198,15 +198,17 @@ def test_a_burst_within_the_bound_all_succeed_and_one_more_gets_409(
     assert finished == sorted(finished)
 
 
-def test_cancel_a_queued_prediction(cog_server: CogServer, webhook: WebhookReceiver) -> None:
+def test_cancel_a_queued_prediction(cog_server: CogServer, webhook: WebhookReceiver, queue_state_file: Path) -> None:
     run = uuid.uuid4().hex[:8]
     inputs = {"prompt": "a slow glacier", "resolution": "1080p", "aspect_ratio": "21:9"}
     names = [f"queued-{run}-{k}" for k in range(3)]
-    for name in names:
+    wait_in_flight(queue_state_file, 0)
+    for k, name in enumerate(names):
         assert submit(cog_server, webhook, name, inputs).status_code == 202
-    # Cancel once it is in the queue. (A cancel within milliseconds of the submission can reach
-    # coglet 0.23.1 before its worker has registered the prediction, and is then not applied.)
-    time.sleep(1.0)
+        wait_in_flight(queue_state_file, k + 1)  # in this order (see the burst test)
+    # Cancel once it is in the queue, which the wait above ensures. (A cancel within milliseconds of
+    # the submission can reach coglet 0.23.1 before its worker has registered the prediction, and is
+    # then not applied.)
     cancel = requests.post(f"{cog_server.url}/predictions/{names[2]}/cancel", timeout=30)
     assert cancel.status_code == 200, cancel.text
     third = webhook.wait_for(names[2], {"canceled", "succeeded", "failed"}, timeout=300)
