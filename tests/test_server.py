@@ -61,6 +61,14 @@ def webhook() -> Iterator[WebhookReceiver]:
     receiver.server.shutdown()
 
 
+def wait_in_flight(state_file: Path, count: int, timeout: float = 60) -> None:
+    """Wait until the model has exactly `count` predictions admitted (its queue's published count)."""
+    deadline = time.monotonic() + timeout
+    while in_flight(state_file) != count:
+        assert time.monotonic() < deadline, f"in flight: {in_flight(state_file)}, expected {count}"
+        time.sleep(0.05)
+
+
 def seed_request() -> dict:
     """Replicate's example request, with local data URIs for the three references."""
     return {
@@ -122,8 +130,9 @@ def test_async_prediction_reports_through_the_webhook(cog_server: CogServer, web
     assert image_from_data_uri(done["output"]).size == (720, 1280)
 
 
-def test_cancel_then_serve_the_next(cog_server: CogServer, webhook: WebhookReceiver) -> None:
+def test_cancel_then_serve_the_next(cog_server: CogServer, webhook: WebhookReceiver, queue_state_file: Path) -> None:
     prediction_id = f"cancel-{uuid.uuid4().hex[:8]}"
+    wait_in_flight(queue_state_file, 0)
     response = requests.put(
         f"{cog_server.url}/predictions/{prediction_id}",
         json={
@@ -134,7 +143,7 @@ def test_cancel_then_serve_the_next(cog_server: CogServer, webhook: WebhookRecei
         timeout=30,
     )
     assert response.status_code == 202, response.text
-    time.sleep(0.5)
+    wait_in_flight(queue_state_file, 1)  # the model has it: a cancel now is applied
     cancel = requests.post(f"{cog_server.url}/predictions/{prediction_id}/cancel", timeout=30)
     assert cancel.status_code == 200, cancel.text
     done = webhook.wait_for(prediction_id, {"canceled", "succeeded", "failed"})
@@ -159,14 +168,6 @@ def submit(cog_server: CogServer, webhook: WebhookReceiver, name: str, inputs: d
         headers={"Prefer": "respond-async"},
         timeout=30,
     )
-
-
-def wait_in_flight(state_file: Path, count: int, timeout: float = 60) -> None:
-    """Wait until the model has exactly `count` predictions admitted (its queue's published count)."""
-    deadline = time.monotonic() + timeout
-    while in_flight(state_file) != count:
-        assert time.monotonic() < deadline, f"in flight: {in_flight(state_file)}, expected {count}"
-        time.sleep(0.05)
 
 
 def test_a_burst_within_the_bound_all_succeed_and_one_more_gets_409(
@@ -240,9 +241,8 @@ def test_drain_lets_admitted_predictions_finish_then_shuts_down(
             inputs = {"prompt": "a quiet harbour", "resolution": "720p", "aspect_ratio": "21:9"}
             for name in names:
                 assert submit(cog_server=server, webhook=webhook, name=name, inputs=inputs).status_code == 202
-            time.sleep(0.5)
+            wait_in_flight(state, 2)
             server.proc.send_signal(signal.SIGTERM)  # what Kubernetes sends: ignored
-            assert in_flight(state) == 2
             assert drain(server.url, state, settle=0, timeout=120, poll=0.2) == 0
             assert server.proc.wait(timeout=60) == 0
             done = [webhook.wait_for(n, {"succeeded", "failed", "canceled"}, timeout=10) for n in names]
