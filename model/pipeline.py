@@ -19,6 +19,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 from diffusers.models.attention import FeedForward
+from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from diffusers.models.resnet import ResnetBlock2D
 
 from model.weights import (
@@ -106,6 +107,7 @@ def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> S
         # SDXL-Lightning's sampler: Euler with trailing timestep spacing (its model card).
         pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     pipe.to(runtime.device)  # every part was loaded in `dtype` already
+    pipe.unet.encoder_hid_proj = ProjectionOncePerPass(list(pipe.unet.encoder_hid_proj.image_projection_layers))
     if runtime.device.type == "cuda":
         # SDPA is diffusers' default attention on torch 2; channels_last helps the convolutions.
         pipe.unet.to(memory_format=torch.channels_last)
@@ -118,6 +120,40 @@ def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> S
         dtype,
     )
     return pipe
+
+
+class ProjectionOncePerPass(MultiIPAdapterImageProjection):
+    """diffusers' IP-Adapter image projection (the Plus resampler), run once per pass instead of in
+    every UNet call: a pass hands the UNet the same embedding tensors at every step.
+
+    It keeps the last call's input tensors: the same objects give the same output. Holding them
+    keeps them alive, so their identity cannot pass to another request's tensors, and diffusers
+    builds new ones for each pass (and never writes to them). Outside inference mode the version
+    counters also catch an in-place change; inference tensors have none.
+    """
+
+    def __init__(self, layers: list[torch.nn.Module]) -> None:
+        super().__init__(layers)  # the same modules: parameters and state-dict keys unchanged
+        self._last: tuple[list[torch.Tensor], list[int], list[torch.Tensor]] | None = None
+
+    def forward(self, image_embeds: list[torch.Tensor]) -> list[torch.Tensor]:
+        last = self._last
+        if (
+            last is not None
+            and isinstance(image_embeds, list)
+            and len(image_embeds) == len(last[0])
+            and all(a is b and _version(a) == v for a, b, v in zip(image_embeds, last[0], last[1], strict=True))
+        ):
+            return list(last[2])
+        projected = super().forward(image_embeds)
+        if isinstance(image_embeds, list):
+            self._last = (list(image_embeds), [_version(t) for t in image_embeds], projected)
+        return list(projected)
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The tensor's in-place write counter; -1 for an inference tensor, which keeps none."""
+    return -1 if tensor.is_inference() else tensor._version
 
 
 def img2img_from(pipe: StableDiffusionXLPipeline) -> StableDiffusionXLImg2ImgPipeline:

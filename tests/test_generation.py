@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from PIL import Image
 
 from model.generate import decode
-from model.pipeline import MissingWeightsError, check_weights
+from model.pipeline import MissingWeightsError, ProjectionOncePerPass, check_weights
 from model.regions import RegionState
 from model.request import Request
 from model.service import Generator
@@ -305,3 +306,21 @@ def test_repeated_prompt_skips_the_text_encoders(generator: Generator) -> None:
     assert generator.text.encoder_calls == calls
     generator.predict(Request(**{**request.__dict__, "prompt": "a heron at dusk"}))
     assert generator.text.encoder_calls == calls + 1
+
+
+def test_the_image_projection_runs_once_per_pass_with_the_same_image(tiny_weights: Path, tmp_path: Path) -> None:
+    gen = Generator(Settings(weights_dir=tiny_weights, steps=4, device="cpu"))
+    unet = gen.pipe.unet
+    assert isinstance(unet.encoder_hid_proj, ProjectionOncePerPass)
+    calls = []
+    unet.encoder_hid_proj.image_projection_layers[0].register_forward_hook(lambda *_: calls.append(1))
+    request = tagged(tmp_path, "@woman with @dog", ["woman", "dog"], "1080p", "4:3", seed=11)  # base + refine
+
+    once = gen.predict(request)
+    assert len(calls) == 2  # the base pass (4 steps) and the refine pass (1 step)
+    calls.clear()
+    # diffusers' own projection over the same layers: once per UNet call, the same image.
+    unet.encoder_hid_proj = MultiIPAdapterImageProjection(list(unet.encoder_hid_proj.image_projection_layers))
+    every_step = gen.predict(request)
+    assert len(calls) == 5
+    assert digest(once) == digest(every_step)
