@@ -137,17 +137,17 @@ class ProjectionOncePerPass(MultiIPAdapterImageProjection):
         self._last: tuple[list[torch.Tensor], list[int], list[torch.Tensor]] | None = None
 
     def forward(self, image_embeds: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not isinstance(image_embeds, list):  # diffusers' deprecated single-tensor form: not kept
+            return super().forward(image_embeds)
         last = self._last
         if (
             last is not None
-            and isinstance(image_embeds, list)
             and len(image_embeds) == len(last[0])
             and all(a is b and _version(a) == v for a, b, v in zip(image_embeds, last[0], last[1], strict=True))
         ):
             return list(last[2])
         projected = super().forward(image_embeds)
-        if isinstance(image_embeds, list):
-            self._last = (list(image_embeds), [_version(t) for t in image_embeds], projected)
+        self._last = (list(image_embeds), [_version(t) for t in image_embeds], projected)
         return list(projected)
 
 
