@@ -16,6 +16,7 @@ from model.images import check_source, decode_reference, reference_field, source
 from model.prompt import ParsedPrompt, find_mentions, parse_prompt
 from model.tables import (
     ASPECT_RATIOS,
+    MAX_PROMPT_CHARS,
     MAX_REFERENCES,
     RESOLUTIONS,
     SEED_RANGE,
@@ -71,6 +72,9 @@ def check_fields(request: Request) -> None:
     """Every check that needs no image data, cheapest first."""
     if not isinstance(request.prompt, str) or not request.prompt.strip():
         raise InputError("prompt", f"{show(request.prompt)} is empty; describe the image to make")
+    if len(request.prompt) > MAX_PROMPT_CHARS:
+        rule = f"at most {MAX_PROMPT_CHARS} are allowed"
+        raise InputError("prompt", f"{show(request.prompt)} is {len(request.prompt)} characters; {rule}")
     _check_choice("resolution", request.resolution, RESOLUTIONS)
     _check_choice("aspect_ratio", request.aspect_ratio, ASPECT_RATIOS)
     low, high = SEED_RANGE

@@ -29,7 +29,7 @@ from model.regions import Binding, RegionConfig, bind_references, install_proces
 from model.request import Request, ValidRequest, validate_request
 from model.settings import Settings, settings_from_env
 from model.text import TextEmbeds, TextEncoder
-from model.tokens import mention_positions
+from model.tokens import mention_positions, readable_tokens, text_ids
 from model.weights import missing_repos, weights_label
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,7 @@ class Generator:
         #    which share CLIP's vocabulary and differ only in padding), and encode the text (cached).
         positions = mention_positions(valid.prompt, self.pipe.tokenizer)
         bindings = bind_references([r.tag for r in valid.references], valid.prompt, positions)
+        self._say_unread(valid, positions)
         with clock.stage("text encoding"):
             text = self.text.encode(valid.prompt.text)
         # 4. Denoise and decode, following the size's plan.
@@ -197,6 +198,17 @@ class Generator:
             if binding.tag and binding.kind != "global" and binding.index in shares:
                 say(f"@{binding.tag} covers {shares[binding.index]:.0%} of the image ({binding.kind})")
         return generation
+
+    def _say_unread(self, valid: ValidRequest, positions: dict[str, tuple[int, ...]]) -> None:
+        """Say what of a very long prompt the text encoders do not read, and which mentions that
+        turns into references for the whole image."""
+        tokens, limit = len(text_ids(self.pipe.tokenizer, valid.prompt.text)), readable_tokens(self.pipe.tokenizer)
+        if tokens <= limit:
+            return
+        say(f"Prompt is {tokens} tokens; the text encoders read the first {limit}")
+        for tag in valid.prompt.mentioned_tags():
+            if tag not in positions:
+                say(f"@{tag} is mentioned only after that, so its reference applies to the whole image")
 
     def _inputs(
         self, text: TextEmbeds, plan: Plan, seed: int, references: Encoded, bindings: list[Binding], steps: int

@@ -32,6 +32,12 @@ DEFAULT_RESOLUTION = "1080p"
 DEFAULT_ASPECT_RATIO = "16:9"
 
 MAX_REFERENCES = 3
+# Runway's API takes prompts of at most 1000 characters; the hosted model refuses longer ones.
+MAX_PROMPT_CHARS = 1000
+# CLIP reads windows of 77 tokens (start, 75 of text, end). A longer prompt is read in up to this
+# many consecutive windows, their outputs concatenated: 300 tokens of text. 1000 characters of
+# English are about 200 to 250 tokens; the cap bounds what an unusual script can cost a request.
+MAX_PROMPT_WINDOWS = 4
 TAG_PATTERN = r"^[A-Za-z][A-Za-z0-9]{2,14}$"
 TAG_RULE = "3 to 15 letters or digits, starting with a letter"
 # A reference's width / height must lie in this closed range.

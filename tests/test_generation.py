@@ -112,6 +112,28 @@ def test_replicate_log_lines(generator: Generator, capsys: pytest.CaptureFixture
     assert lines[-1].startswith("Generated image in ") and lines[-1].endswith("sec")
 
 
+def test_a_mention_past_77_tokens_still_places_its_reference(
+    generator: Generator, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    scene = "a quiet street at dusk, warm lamps, wet cobblestones, " * 7  # 84 tokens before the mention
+    path = generator.predict(tagged(tmp_path, scene + "and @man walks home", ["man"], "720p", "1:1", seed=5))
+    out = capsys.readouterr().out
+    assert "@man covers " in out and "(subject)" in out  # a region, not the whole image
+    assert "tokens; the text encoders read" not in out
+    assert Image.open(path).size == (720, 720)
+
+
+def test_a_prompt_past_300_tokens_says_what_is_not_read(
+    generator: Generator, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    prompt = "@woman " + "a, " * 150 + "and @dog"  # 463 characters, 303 tokens: @dog is the 303rd
+    generator.predict(tagged(tmp_path, prompt, ["woman", "dog"], "720p", "1:1", seed=5))
+    out = capsys.readouterr().out.splitlines()
+    assert "Prompt is 303 tokens; the text encoders read the first 300" in out
+    assert "@dog is mentioned only after that, so its reference applies to the whole image" in out
+    assert not any(line.startswith("@woman is mentioned") for line in out)
+
+
 def test_random_seed_is_drawn_and_logged(generator: Generator, capsys: pytest.CaptureFixture) -> None:
     generator.predict(Request(prompt="a fox", resolution="720p", aspect_ratio="1:1"))
     seed_line = capsys.readouterr().out.splitlines()[0]

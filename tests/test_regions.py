@@ -22,7 +22,7 @@ from model.regions import (
 )
 from model.service import Generator
 from model.settings import Settings
-from model.tokens import mention_positions
+from model.tokens import mention_positions, window_ids
 from model.weights import SDXL_BASE
 from scripts.benchmark import OpCounter, injection_runner
 
@@ -38,8 +38,10 @@ POSITIONS = [
     ("@woman's sweater, @woman's bangles", {"woman": ["woman</w>", "woman</w>"]}),
     ("@catdog2 runs.", {"catdog2": ["cat", "dog</w>", "2</w>"]}),
     ("(@Bob), @Bob!", {"Bob": ["bob</w>", "bob</w>"]}),
-    ("word " * 80 + "@late", {}),  # past the 77-token window: the encoder never sees it
     ("word " * 70 + "@edge then more words after it", {"edge": ["edge</w>"]}),
+    ("word " * 80 + "@late", {"late": ["late</w>"]}),  # in the second 77-token window
+    ("word " * 74 + "@catdog2 astride", {"catdog2": ["cat", "dog</w>", "2</w>"]}),  # across two windows
+    ("@early " + "word " * 299 + "@late", {"early": ["early</w>"]}),  # past 300 tokens: never read
 ]
 
 
@@ -48,9 +50,30 @@ def test_mention_token_positions_on_the_real_clip_tokenizer(tokenizers: list, pr
     parsed = parse_prompt(prompt)
     found = [mention_positions(parsed, t) for t in tokenizers]
     assert found[0] == found[1]  # both SDXL tokenizers agree
-    ids = tokenizers[0](parsed.text, truncation=True, max_length=77)["input_ids"]
+    ids = [i for window in window_ids(tokenizers[0], parsed.text) for i in window]  # what the encoder reads
     tokens = {tag: [tokenizers[0].convert_ids_to_tokens(ids[p]) for p in pos] for tag, pos in found[0].items()}
     assert tokens == expected
+
+
+@pytest.mark.parametrize("prompt", ["a heron at first light", "(@Bob), @Bob!", "word " * 75, ""])
+def test_a_prompt_of_one_window_is_tokenized_as_diffusers_does(tokenizers: list, prompt: str) -> None:
+    for tokenizer in tokenizers:
+        diffusers = tokenizer(prompt, padding="max_length", max_length=77, truncation=True)["input_ids"]
+        assert window_ids(tokenizer, prompt) == [diffusers]
+
+
+def test_a_long_prompt_is_read_in_windows_of_77_up_to_300_tokens(tokenizers: list) -> None:
+    for tokenizer in tokenizers:
+        start, end, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+        text = " ".join(f"w{i}" for i in range(160))  # "w12" is two tokens: 320 in all
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        windows = window_ids(tokenizer, text)
+        assert [len(w) for w in windows] == [77] * 4
+        assert [w[1:76] for w in windows] == [ids[i : i + 75] for i in range(0, 300, 75)]
+        assert all(w[0] == start and w[76] == end for w in windows)
+        short = window_ids(tokenizer, "word " * 80)  # 80 tokens: 75, then 5 and the end token
+        assert short[1][:7] == [start] + tokenizer("word " * 5, add_special_tokens=False)["input_ids"] + [end]
+        assert short[1][7:] == [pad] * 70
 
 
 def test_bindings_subject_place_global() -> None:

@@ -21,6 +21,7 @@ def three(tags: list[str]) -> dict[str, object]:
 BAD = [
     ({"prompt": ""}, "prompt", "empty"),
     ({"prompt": "   \n"}, "prompt", "empty"),
+    ({"prompt": "x" * 1001}, "prompt", "is 1001 characters; at most 1000 are allowed"),
     ({"resolution": "4k"}, "resolution", "720p, 1080p"),
     ({"aspect_ratio": "5:4"}, "aspect_ratio", "16:9, 9:16, 4:3, 3:4, 1:1, 21:9"),
     ({"seed": -1}, "seed", "0 to 4294967295"),
@@ -53,6 +54,7 @@ def test_bad_fields_name_field_value_and_rule(kwargs: dict, field: str, text: st
 def test_good_request_passes() -> None:
     check_fields(req(prompt="@woman and @man in @park", **three(["park", "woman", "man"]), seed=0))
     check_fields(req(seed=4294967295, reference_images=["a", "b"], reference_tags=["first"]))
+    check_fields(req(prompt="x" * 1000))  # Runway's limit, inclusive
 
 
 def test_email_is_not_a_mention() -> None:

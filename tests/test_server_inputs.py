@@ -45,6 +45,7 @@ CASES = [
     Case("blank prompt", {"prompt": "   "}, "failed", ("prompt: '   ' is empty",)),
     Case("empty prompt", {"prompt": ""}, "failed", ("prompt: '' is empty",)),
     Case("prompt of the wrong type", {"prompt": 42}, "422", ("prompt",)),
+    Case("prompt over 1000 characters", {"prompt": "a " * 501}, "failed", ("is 1002 characters; at most 1000",)),
     Case("unknown resolution", {"prompt": "x", "resolution": "4k"}, "422", ("resolution", "4k")),
     Case("unknown aspect_ratio", {"prompt": "x", "aspect_ratio": "5:4"}, "422", ("aspect_ratio", "5:4")),
     Case(
@@ -138,8 +139,8 @@ CASES = [
     Case("an animated GIF", one_ref(animated_gif(), "image/gif"), "succeeded", ((1280, 720),)),
     Case("an EXIF-rotated JPEG", one_ref(exif_rotated_jpeg(), "image/jpeg"), "succeeded", ((1280, 720),)),
     Case(
-        "a 5000-character prompt",
-        {"prompt": ("a lighthouse on a cliff at dusk, " * 160)[:5000], "resolution": "720p", "aspect_ratio": "1:1"},
+        "a 1000-character prompt (4 windows of 77 tokens)",
+        {"prompt": ("a lighthouse on a cliff at dusk, " * 31)[:1000], "resolution": "720p", "aspect_ratio": "1:1"},
         "succeeded",
         ((720, 720),),
     ),
