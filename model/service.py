@@ -29,7 +29,7 @@ from model.regions import Binding, RegionConfig, bind_references, install_proces
 from model.request import Request, ValidRequest, validate_request
 from model.settings import Settings, settings_from_env
 from model.text import TextEmbeds, TextEncoder
-from model.tokens import mention_positions, readable_tokens, text_ids
+from model.tokens import layout, mention_positions
 from model.weights import missing_repos, weights_label
 
 log = logging.getLogger(__name__)
@@ -202,10 +202,10 @@ class Generator:
     def _say_unread(self, valid: ValidRequest, positions: dict[str, tuple[int, ...]]) -> None:
         """Say what of a very long prompt the text encoders do not read, and which mentions that
         turns into references for the whole image."""
-        tokens, limit = len(text_ids(self.pipe.tokenizer, valid.prompt.text)), readable_tokens(self.pipe.tokenizer)
-        if tokens <= limit:
+        text = layout(self.pipe.tokenizer, valid.prompt.text)
+        if text.read == len(text.ids):
             return
-        say(f"Prompt is {tokens} tokens; the text encoders read the first {limit}")
+        say(f"Prompt is {len(text.ids)} tokens; the text encoders read the first {text.read}")
         for tag in valid.prompt.mentioned_tags():
             if tag not in positions:
                 say(f"@{tag} is mentioned only after that, so its reference applies to the whole image")

@@ -1,10 +1,12 @@
 """Where the prompt's tokens, and each @mention's, land in the text encoders' input.
 
-CLIP reads windows of 77 tokens: a start token, 75 of text, an end token, then padding. A longer
-prompt is read in consecutive windows whose outputs are concatenated along the sequence (as
-AUTOMATIC1111 and compel read long prompts), at most MAX_PROMPT_WINDOWS of them, so that text
-token t sits at position 77 * (t // 75) + 1 + t % 75. A prompt of at most 75 tokens is one
-window, exactly what diffusers' encode_prompt gives the encoders.
+CLIP reads windows of 77 tokens: a start token, up to 75 of text, an end token, then padding. A
+longer prompt is read in consecutive windows whose outputs are concatenated along the sequence (as
+AUTOMATIC1111 and compel read long prompts), at most MAX_PROMPT_WINDOWS of them. A window that
+would cut the text mid-phrase ends after the last comma or full stop among its final
+BREAK_LOOKBACK tokens instead, and the rest goes to the next window (AUTOMATIC1111's comma
+padding): each window is encoded on its own, so a phrase kept whole keeps its words together. A
+prompt of at most 75 tokens is one window, exactly what diffusers' encode_prompt gives the encoders.
 
 A mention always sits on a pre-token boundary (it starts after a non-word character and ends
 before one), so the number of tokens of the text before it is the index of its first token, and
@@ -13,10 +15,16 @@ the number of tokens of the text up to its end is one past its last. Pure: no to
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from model.prompt import ParsedPrompt
 from model.tables import MAX_PROMPT_WINDOWS
+
+# How far back from a full window's end to look for a phrase break (AUTOMATIC1111's default).
+BREAK_LOOKBACK = 20
+BREAK_TEXTS = (",", ".", ";")
 
 
 class Tokenizer(Protocol):
@@ -34,41 +42,71 @@ def text_ids(tokenizer: Tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
 
-def window_span(tokenizer: Tokenizer) -> int:
-    """Text tokens per window: the window less its start and end tokens."""
-    return tokenizer.model_max_length - 2
+def split_windows(
+    ids: Sequence[int], span: int, breaks: Collection[int], max_windows: int = MAX_PROMPT_WINDOWS
+) -> list[tuple[int, int]]:
+    """[start, stop) of the text tokens each window reads (at least one window, maybe empty)."""
+    windows: list[tuple[int, int]] = []
+    start = 0
+    while start < len(ids) and len(windows) < max_windows:
+        stop = min(start + span, len(ids))
+        if stop < len(ids):  # a full window with text after it: end at a phrase break if one is near
+            stop = next((cut for cut in range(stop, stop - BREAK_LOOKBACK, -1) if ids[cut - 1] in breaks), stop)
+        windows.append((start, stop))
+        start = stop
+    return windows or [(0, 0)]
 
 
-def readable_tokens(tokenizer: Tokenizer) -> int:
-    """How many text tokens the encoders read at most."""
-    return window_span(tokenizer) * MAX_PROMPT_WINDOWS
+@dataclass(frozen=True)
+class Layout:
+    """A text's tokens as the encoder reads them: `ids` (the whole text's) cut into `windows`."""
+
+    ids: tuple[int, ...]
+    windows: tuple[tuple[int, int], ...]
+    span: int  # text tokens a window holds at most
+
+    @property
+    def read(self) -> int:
+        """How many of the text's tokens the encoder reads (the rest is past the last window)."""
+        return self.windows[-1][1]
+
+    def position(self, token: int) -> int | None:
+        """Sequence position of text token `token` in the concatenated windows, or None if unread."""
+        for w, (start, stop) in enumerate(self.windows):
+            if start <= token < stop:
+                return w * (self.span + 2) + 1 + token - start
+        return None
+
+    def rows(self, tokenizer: Tokenizer) -> list[list[int]]:
+        """One full-length row of ids per window: start token, text, end token, padding."""
+        return [
+            [tokenizer.bos_token_id, *self.ids[start:stop], tokenizer.eos_token_id]
+            + [tokenizer.pad_token_id] * (self.span - (stop - start))
+            for start, stop in self.windows
+        ]
+
+
+def layout(tokenizer: Tokenizer, text: str) -> Layout:
+    """How `tokenizer`'s encoder reads `text`."""
+    span = tokenizer.model_max_length - 2  # room for the start and end tokens
+    breaks = {i for mark in BREAK_TEXTS for i in text_ids(tokenizer, mark)}
+    ids = text_ids(tokenizer, text)
+    return Layout(ids=tuple(ids), windows=tuple(split_windows(ids, span, breaks)), span=span)
 
 
 def window_ids(tokenizer: Tokenizer, text: str) -> list[list[int]]:
-    """The ids the encoder reads, one full-length row per window (at least one): start token, up
-    to `window_span` text tokens, end token, the tokenizer's padding."""
-    span = window_span(tokenizer)
-    ids = text_ids(tokenizer, text)[: readable_tokens(tokenizer)]
-    chunks = [ids[i : i + span] for i in range(0, len(ids), span)] or [[]]
-    return [
-        [tokenizer.bos_token_id, *chunk, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * (span - len(chunk))
-        for chunk in chunks
-    ]
-
-
-def position(token: int, span: int) -> int:
-    """Sequence position of text token `token` in the concatenated windows."""
-    window, offset = divmod(token, span)
-    return window * (span + 2) + 1 + offset
+    """The ids the encoder reads, one full-length row per window."""
+    return layout(tokenizer, text).rows(tokenizer)
 
 
 def mention_positions(parsed: ParsedPrompt, tokenizer: Tokenizer) -> dict[str, tuple[int, ...]]:
     """For each mentioned tag, the sequence positions of all its mentions' tokens; tokens past
     what the encoders read are dropped, as the encoders never see them."""
-    span, limit = window_span(tokenizer), readable_tokens(tokenizer)
+    read = layout(tokenizer, parsed.text)
     positions: dict[str, list[int]] = {}
     for mention in parsed.mentions:
         first = len(text_ids(tokenizer, parsed.text[: mention.start]))
         stop = len(text_ids(tokenizer, parsed.text[: mention.end]))
-        positions.setdefault(mention.tag, []).extend(position(t, span) for t in range(first, min(stop, limit)))
+        found = (read.position(t) for t in range(first, stop))
+        positions.setdefault(mention.tag, []).extend(p for p in found if p is not None)
     return {tag: tuple(p) for tag, p in positions.items() if p}

@@ -126,7 +126,7 @@ def test_a_mention_past_77_tokens_still_places_its_reference(
 def test_a_prompt_past_300_tokens_says_what_is_not_read(
     generator: Generator, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
-    prompt = "@woman " + "a, " * 150 + "and @dog"  # 463 characters, 303 tokens: @dog is the 303rd
+    prompt = "@woman " + "a " * 300 + "and @dog"  # 615 characters, 303 tokens: @dog is the 303rd
     generator.predict(tagged(tmp_path, prompt, ["woman", "dog"], "720p", "1:1", seed=5))
     out = capsys.readouterr().out.splitlines()
     assert "Prompt is 303 tokens; the text encoders read the first 300" in out

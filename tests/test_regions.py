@@ -62,6 +62,24 @@ def test_a_prompt_of_one_window_is_tokenized_as_diffusers_does(tokenizers: list,
         assert window_ids(tokenizer, prompt) == [diffusers]
 
 
+def test_a_full_window_ends_at_the_last_phrase_break_of_its_final_20_tokens(tokenizers: list) -> None:
+    phrase = "a woman in a pink sweater, "  # 7 tokens
+    for tokenizer in tokenizers:
+        phrase_ids = tokenizer(phrase, add_special_tokens=False)["input_ids"]
+        windows = window_ids(tokenizer, phrase * 12)  # 84 tokens: 10 phrases (70), then 2 (14)
+        assert windows[0][1:72] == phrase_ids * 10 + [tokenizer.eos_token_id]
+        assert windows[1][1:16] == phrase_ids * 2 + [tokenizer.eos_token_id]
+        # No break in the last 20 tokens: the window is cut at 75.
+        early_comma = "word " * 50 + ", " + "word " * 40  # the comma is token 51, 25 before the end
+        assert (
+            window_ids(tokenizer, early_comma)[0][1:76]
+            == tokenizer(early_comma, add_special_tokens=False)["input_ids"][:75]
+        )
+    # The words after the break move with their phrase: "man" is window 2's third text token.
+    parsed = parse_prompt(phrase * 10 + "and then @man waves slowly toward the camera")  # 78 tokens
+    assert mention_positions(parsed, tokenizers[0]) == {"man": (77 + 1 + 2,)}
+
+
 def test_a_long_prompt_is_read_in_windows_of_77_up_to_300_tokens(tokenizers: list) -> None:
     for tokenizer in tokenizers:
         start, end, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id

@@ -33,7 +33,7 @@ def test_a_prompt_of_one_window_equals_diffusers_encode_prompt(pipe: StableDiffu
 
 
 def test_a_long_prompt_is_read_whole_in_windows(pipe: StableDiffusionXLPipeline) -> None:
-    head = "a woman in a pink sweater, " * 12  # 84 tokens
+    head = "a woman in a pink sweater and " * 12  # 84 tokens, no phrase break: windows of 75 and 9
     encoder = TextEncoder(pipe)
     rainy, sunny = encoder.encode(head + "under rain"), encoder.encode(head + "under sun")
     assert rainy.prompt_embeds.shape == (1, 154, 64) and torch.all(rainy.negative_prompt_embeds == 0)
