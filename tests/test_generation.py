@@ -116,11 +116,13 @@ def test_a_mention_past_77_tokens_still_places_its_reference(
     generator: Generator, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
     scene = "a quiet street at dusk, warm lamps, wet cobblestones, " * 7  # 84 tokens before the mention
-    path = generator.predict(tagged(tmp_path, scene + "and @man walks home", ["man"], "720p", "1:1", seed=5))
+    # 1080p 1:1: a base pass and a refine pass, both with the 154-token text.
+    path = generator.predict(tagged(tmp_path, scene + "and @man walks home", ["man"], "1080p", "1:1", seed=5))
     out = capsys.readouterr().out
+    assert "Base 1024x1024, refined to 1080x1080" in out
     assert "@man covers " in out and "(subject)" in out  # a region, not the whole image
     assert "tokens; the text encoders read" not in out
-    assert Image.open(path).size == (720, 720)
+    assert Image.open(path).size == (1080, 1080)
 
 
 def test_a_prompt_past_300_tokens_says_what_is_not_read(
