@@ -6,8 +6,11 @@ here (scripts/download_weights.py does that).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,9 @@ from diffusers import (
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
 )
+from diffusers.models import attention_processor
 from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from diffusers.models.resnet import ResnetBlock2D
 
@@ -108,6 +113,7 @@ def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> S
         pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     pipe.to(runtime.device)  # every part was loaded in `dtype` already
     pipe.unet.encoder_hid_proj = ProjectionOncePerPass(list(pipe.unet.encoder_hid_proj.image_projection_layers))
+    read_signatures_once(pipe.unet, pipe.vae)
     if runtime.device.type == "cuda":
         # SDPA is diffusers' default attention on torch 2; channels_last helps the convolutions.
         pipe.unet.to(memory_format=torch.channels_last)
@@ -154,6 +160,54 @@ class ProjectionOncePerPass(MultiIPAdapterImageProjection):
 def _version(tensor: torch.Tensor) -> int:
     """The tensor's in-place write counter; -1 for an inference tensor, which keeps none."""
     return -1 if tensor.is_inference() else tensor._version
+
+
+# diffusers' Attention.forward reads its processor's signature (inspect.signature) at every call, to
+# drop the keyword arguments the processor does not take: 141 times per SDXL UNet call. That is pure
+# host time, which a GPU run bound by its host pays in full (scripts/host_overhead.py measures it).
+QUIET_KWARGS = frozenset({"ip_adapter_masks", "ip_hidden_states"})  # diffusers' quiet_attn_parameters
+
+
+@functools.cache
+def processor_parameters(processor_type: type) -> frozenset[str]:
+    """The parameter names of a processor class's `__call__` once bound (without `self`): what
+    diffusers reads from `inspect.signature(processor.__call__)` at every call."""
+    return frozenset(list(inspect.signature(processor_type.__call__).parameters)[1:])
+
+
+def attention_forward(
+    self: Attention,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    **cross_attention_kwargs: object,
+) -> torch.Tensor:
+    """diffusers' `Attention.forward` with the processor's parameters read once per processor
+    class: the same filtering of `cross_attention_kwargs` and the same warning."""
+    accepted = processor_parameters(type(self.processor))
+    unused = [k for k in cross_attention_kwargs if k not in accepted and k not in QUIET_KWARGS]
+    if unused:
+        name = self.processor.__class__.__name__
+        attention_processor.logger.warning(
+            f"cross_attention_kwargs {unused} are not expected by {name} and will be ignored."
+        )
+    return self.processor(
+        self,
+        hidden_states,
+        encoder_hidden_states=encoder_hidden_states,
+        attention_mask=attention_mask,
+        **{k: w for k, w in cross_attention_kwargs.items() if k in accepted},
+    )
+
+
+def read_signatures_once(*models: torch.nn.Module) -> int:
+    """Give every diffusers `Attention` in `models` `attention_forward` (on the instance, so that
+    processors can still be swapped: the lookup is per call, by the processor's class). Returns
+    how many modules."""
+    modules = [m for model in models for m in model.modules() if isinstance(m, Attention)]
+    for module in modules:
+        module.forward = types.MethodType(attention_forward, module)
+    return len(modules)
 
 
 def img2img_from(pipe: StableDiffusionXLPipeline) -> StableDiffusionXLImg2ImgPipeline:

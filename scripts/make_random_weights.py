@@ -1,8 +1,11 @@
 """Build random SDXL + IP-Adapter Plus weights in the real repositories' file layout.
 
-    python scripts/make_random_weights.py OUT_DIR [--size tiny|full] [--device cuda]
+    python scripts/make_random_weights.py OUT_DIR [--size tiny|skeleton|full] [--device cuda]
 
 tiny (default): miniature architectures for the tests; offline, a few seconds on a CPU.
+skeleton: tiny, except that the UNet has SDXL's full structure (every block and all 70 transformer
+layers) at tiny widths: it dispatches the full UNet's ops with almost no arithmetic, so that a
+CPU measures the host's work per step (scripts/host_overhead.py).
 full: the published architectures (SDXL base UNet, both text encoders, the fp16-fix VAE, ViT-H/14
 and IP-Adapter Plus SDXL, SDXL-Lightning's rank-64 LoRA) with random values, about 9 GB in fp16:
 real GPU timings without any download. Build on the GPU with --device cuda (minutes on a CPU).
@@ -22,7 +25,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +200,14 @@ FULL = Arch(
     init_std=0.02,
     build_dtype=torch.float16,
 )
-ARCHS = {arch.name: arch for arch in (TINY, FULL)}
+# SDXL's UNet structure at tiny widths: the same modules and calls as FULL's UNet, so the same
+# host work per step (tests/test_random_weights.py checks the structure against FULL's).
+SKELETON = replace(
+    TINY,
+    name="skeleton",
+    unet=TINY.unet | {key: FULL.unet[key] for key in ("layers_per_block", "transformer_layers_per_block")},
+)
+ARCHS = {arch.name: arch for arch in (TINY, SKELETON, FULL)}
 
 
 def bpe_vocab_path() -> Path:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,3 +43,18 @@ def test_injection_op_count(tiny_weights: Path, tmp_path: Path) -> None:
     assert localized["ops_per_step"] != plain["ops_per_step"]  # the localized run took its own path
     assert localized["host_reads"] == plain["host_reads"]
     assert result["ops_ratio_localized_over_plain"] == round(localized["ops"] / plain["ops"], 3)
+
+
+def test_host_overhead_builds_the_skeleton_and_compares_both_forwards(tmp_path: Path) -> None:
+    """scripts/host_overhead.py: skeleton weights (built here, offline), the four variants and
+    their ratios, each consistent with the times it reports."""
+    out = tmp_path / "host.json"
+    command = [sys.executable, str(ROOT / "scripts" / "host_overhead.py"), "--steps", "2", "--runs", "1"]
+    subprocess.run([*command, "--out", str(out)], check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["arch"] == "skeleton" and result["threads"] == 1 and result["device"].startswith("CPU")
+    ms = result["ms_per_step_this_cpu"]
+    assert all(ms[kind][forward] > 0 for kind in ms for forward in ("this_project", "diffusers"))
+    assert set(ms) == {"plain", "tag_localized"}
+    ratio = result["diffusers_forward_over_this_projects"]["plain"]
+    assert ratio == pytest.approx(ms["plain"]["diffusers"] / ms["plain"]["this_project"], abs=0.002)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -12,11 +13,19 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers.models import attention_processor
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from PIL import Image
 
 from model.generate import decode
-from model.pipeline import MissingWeightsError, ProjectionOncePerPass, check_weights
+from model.pipeline import (
+    MissingWeightsError,
+    ProjectionOncePerPass,
+    attention_forward,
+    check_weights,
+    processor_parameters,
+)
 from model.regions import RegionState
 from model.request import Request
 from model.service import Generator
@@ -348,3 +357,48 @@ def test_the_image_projection_runs_once_per_pass_with_the_same_image(tiny_weight
     every_step = gen.predict(request)
     assert len(calls) == 5
     assert digest(once) == digest(every_step)
+
+
+def test_attention_reads_each_processor_signature_once_not_at_every_call(
+    generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = (generator.pipe.unet, generator.pipe.vae)
+    processors = [p for model in models for p in model.attn_processors.values()]
+    for processor in processors:  # the names diffusers reads at every call
+        assert processor_parameters(type(processor)) == set(inspect.signature(processor.__call__).parameters)
+    read = []  # reads of a processor's `__call__` (the pipeline reads other signatures too, once a call)
+    signature = inspect.signature
+
+    def counted(obj: object, *args: object, **kwargs: object) -> inspect.Signature:
+        if getattr(obj, "__name__", None) == "__call__":
+            read.append(obj)
+        return signature(obj, *args, **kwargs)
+
+    monkeypatch.setattr(inspect, "signature", counted)
+    processor_parameters.cache_clear()
+    request = tagged(tmp_path, "@woman in @park", ["woman", "park"], "1080p", "1:1", seed=3)  # refined: all run
+
+    once = generator.predict(request)
+    assert 0 < len(read) <= len({type(p) for p in processors})
+    # diffusers' own forward on the same modules: one read per attention call, the same image.
+    modules = [m for model in models for m in model.modules() if isinstance(m, Attention)]
+    for module in modules:
+        monkeypatch.delattr(module, "forward")  # the class's forward again (restored at teardown)
+    read.clear()
+    every_call = generator.predict(request)
+    assert len(read) >= len(modules)
+    assert digest(once) == digest(every_call)
+
+
+def test_attention_forward_filters_and_warns_as_diffusers_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    attn = Attention(query_dim=8, heads=2, dim_head=4, processor=AttnProcessor2_0()).eval()
+    hidden = torch.randn(1, 4, 8)
+    warnings: list[str] = []
+    monkeypatch.setattr(attention_processor.logger, "warning", warnings.append)
+    kwargs = {"bogus": 1, "ip_adapter_masks": None}  # one unknown, one diffusers takes quietly
+
+    expected = Attention.forward(attn, hidden, **kwargs)
+    got = attention_forward(attn, hidden, **kwargs)
+    assert torch.equal(got, expected)
+    assert len(warnings) == 2 and warnings[0] == warnings[1]
+    assert "['bogus']" in warnings[0] and "AttnProcessor2_0" in warnings[0]

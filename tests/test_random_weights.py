@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from model.weights import weights_label
-from scripts.make_random_weights import FULL, building, ip_adapter_shapes, make_unet, make_vae
+from scripts.make_random_weights import FULL, SKELETON, building, ip_adapter_shapes, make_unet, make_vae
 
 
 def parameters(module: torch.nn.Module) -> int:
@@ -63,3 +63,15 @@ def test_weights_label_says_what_the_folder_holds(tiny_weights, tmp_path) -> Non
     assert weights_label(tmp_path) == "real"
     (tmp_path / FULL.marker).write_text("full")
     assert weights_label(tmp_path) == "full-size random"
+
+
+def test_skeleton_unet_has_the_full_unets_structure(full_unet: torch.nn.Module) -> None:
+    # What scripts/host_overhead.py relies on: the same modules, so the same calls per step.
+    with building("meta", torch.float32):
+        skeleton = make_unet(SKELETON)
+
+    def structure(unet: torch.nn.Module) -> list[tuple[str, str]]:
+        return [(name, type(module).__name__) for name, module in unet.named_modules()]
+
+    assert structure(skeleton) == structure(full_unet)
+    assert parameters(skeleton) < parameters(full_unet) / 400  # 6.2 M against 2.57 B

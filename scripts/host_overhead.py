@@ -1,0 +1,124 @@
+"""The host's work per denoising step, measured on a CPU.
+
+A GPU run whose kernels are small is bound by its host: the Python and dispatch work of each step.
+This measures that work without a GPU: the "skeleton" weights (scripts/make_random_weights.py) have
+SDXL's full UNet structure (every block, all 70 transformer layers) at tiny widths, and run on
+one thread at a tiny size, so that the time is dispatch and Python rather than arithmetic. Plain
+multi-image IP-Adapter and tag-localized (3 references), each with this project's attention
+forward (the processor's signature read once per class) and with diffusers' own (read at every
+call), interleaved. Only ratios carry over to another machine.
+
+    python scripts/host_overhead.py [--weights-dir DIR] [--steps 10] [--runs 7] [--size 64x64]
+                                    [--threads 1] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from diffusers.models.attention_processor import Attention  # noqa: E402
+
+from model.service import Generator  # noqa: E402
+from model.settings import settings_from_env  # noqa: E402
+from scripts.benchmark import injection_runner, interleaved, quiet, run_facts  # noqa: E402
+from scripts.make_random_weights import SKELETON, build  # noqa: E402
+
+log = logging.getLogger("host_overhead")
+
+
+@contextlib.contextmanager
+def diffusers_attention_forward(*models: torch.nn.Module) -> Iterator[None]:
+    """diffusers' own `Attention.forward` in `models` for the duration (the setup's per-instance
+    forward set aside, then put back)."""
+    saved = {
+        module: module.__dict__.pop("forward")
+        for model in models
+        for module in model.modules()
+        if isinstance(module, Attention) and "forward" in module.__dict__
+    }
+    try:
+        yield
+    finally:
+        for module, forward in saved.items():
+            module.forward = forward
+
+
+def measure(generator: Generator, steps: int, runs: int, width: int, height: int) -> dict:
+    """Seconds per step of the four variants, interleaved, and their ratios."""
+    run = injection_runner(generator, steps, width, height)
+    models = (generator.pipe.unet, generator.pipe.vae)
+
+    def variant(localized: bool, diffusers_forward: bool) -> Callable[[], object]:
+        def call() -> object:
+            with diffusers_attention_forward(*models) if diffusers_forward else contextlib.nullcontext():
+                return run(localized)
+
+        return call
+
+    names = [(kind, forward) for kind in ("plain", "tag_localized") for forward in ("this_project", "diffusers")]
+    seconds = interleaved(runs, *(variant(kind != "plain", forward == "diffusers") for kind, forward in names))
+    per_step = {kind: {} for kind, _ in names}
+    for (kind, forward), total in zip(names, seconds, strict=True):
+        per_step[kind][forward] = total / steps
+    return {
+        "ms_per_step_this_cpu": {k: {f: round(s * 1000, 2) for f, s in v.items()} for k, v in per_step.items()},
+        "diffusers_forward_over_this_projects": {
+            kind: round(v["diffusers"] / v["this_project"], 3) for kind, v in per_step.items()
+        },
+        "tag_localized_over_plain": {
+            forward: round(per_step["tag_localized"][forward] / per_step["plain"][forward], 3)
+            for forward in ("this_project", "diffusers")
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights-dir", type=Path, help="default: skeleton weights built in a temporary folder")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--size", default="64x64", help="WxH: small, so that arithmetic stays negligible")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the host's Python is one)")
+    parser.add_argument("--out", type=Path, help="JSON file to write (default: print only)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    with tempfile.TemporaryDirectory() as scratch:
+        weights = args.weights_dir
+        if weights is None:
+            weights = Path(scratch)
+            with quiet():
+                build(weights, SKELETON)
+        with quiet():
+            generator = Generator(replace(settings_from_env(), weights_dir=weights, steps=args.steps, device="cpu"))
+        result = {
+            **run_facts(generator),
+            "arch": "skeleton" if args.weights_dir is None else str(args.weights_dir),
+            "size": args.size,
+            "steps": args.steps,
+            "runs": args.runs,
+            "threads": args.threads,
+            **measure(generator, args.steps, args.runs, width, height),
+        }
+    text = json.dumps(result, indent=1)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
