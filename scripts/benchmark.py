@@ -414,6 +414,15 @@ def run_facts(generator: Generator) -> dict:
     }
 
 
+def emit_json(result: dict, out: Path | None) -> None:
+    """Print a result as JSON, and write it to `out` too when given (the folders made)."""
+    text = json.dumps(result, indent=1)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights-dir", type=Path, default=ROOT / "weights")

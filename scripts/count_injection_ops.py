@@ -8,7 +8,6 @@ machine. Fast enough on a CPU even for the full-size architectures at a small si
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from model.service import Generator  # noqa: E402
 from model.settings import settings_from_env  # noqa: E402
-from scripts.benchmark import count_injection_ops, injection_runner, quiet, run_facts  # noqa: E402
+from scripts.benchmark import count_injection_ops, emit_json, injection_runner, quiet, run_facts  # noqa: E402
 
 
 def main() -> None:
@@ -33,11 +32,7 @@ def main() -> None:
         generator = Generator(replace(settings_from_env(), weights_dir=args.weights_dir, steps=args.steps))
     result = {**run_facts(generator), "size": args.size, "steps": args.steps}
     result |= count_injection_ops(injection_runner(generator, args.steps, width, height))
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from diffusers.models.attention_processor import Attention  # noqa: E402
 
 from model.service import Generator  # noqa: E402
 from model.settings import settings_from_env  # noqa: E402
-from scripts.benchmark import injection_runner, interleaved, quiet, run_facts  # noqa: E402
+from scripts.benchmark import emit_json, injection_runner, interleaved, quiet, run_facts  # noqa: E402
 from scripts.make_random_weights import SKELETON, build  # noqa: E402
 
 log = logging.getLogger("host_overhead")
@@ -113,11 +112,7 @@ def main() -> None:
             "threads": args.threads,
             **measure(generator, args.steps, args.runs, width, height),
         }
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":
