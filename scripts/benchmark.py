@@ -13,7 +13,8 @@ encoding, base denoise, refine, VAE decode, resize, PNG write), the refine pass 
 the base pass, and peak GPU memory on CUDA. References: encoding time cold (new images) and
 cached. Turbo and compile: each against the default in the same run, and what compiling adds to
 setup (GEN4_COMPILE compiles and warms every size there). Server: the same request end to end
-through the real Cog server, so that its overhead is the difference from the in-process latency.
+through the real Cog server; its overhead is, per prediction, the end-to-end time minus the
+Generator's own time in the worker (coglet's log timestamps), so that generation noise cancels.
 Injection: the same request through the loaded pipeline as diffusers' plain multi-image IP-Adapter
 and with this project's per-tag region masks, interleaved. Writes JSON and a markdown table under
 docs/benchmarks/, naming device, versions and date. Uses the real weights when the folder holds
@@ -165,11 +166,41 @@ def bench_reference_cache(generator: Generator, runs: int) -> dict:
     }
 
 
+# The first and the last line that Generator.run writes to a prediction's logs (model/service.py).
+GENERATOR_FIRST_LINE = "Using seed:"
+GENERATOR_LAST_LINE = "Generated image in"
+
+
+def generator_seconds(server_log: str) -> dict[str, float]:
+    """Seconds from the Generator's first log line to its last, per prediction id, by coglet's own
+    timestamps in its JSON log: the model's part of each served prediction."""
+    first: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for line in server_log.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the worker's own stderr lines are not JSON
+        fields = record.get("fields") or {}
+        prediction, message = fields.get("prediction_id"), str(fields.get("message", ""))
+        if prediction is None:
+            continue
+        stamp = dt.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+        if message.startswith(GENERATOR_FIRST_LINE):
+            first[prediction] = stamp
+        elif message.startswith(GENERATOR_LAST_LINE) and prediction in first:
+            seconds[prediction] = stamp - first[prediction]
+    return seconds
+
+
 def bench_server(
     generator: Generator, weights: Path, steps: int, entry: tuple[str, str], refs: list[Path], runs: int
 ) -> dict:
     """The same request end to end through the real Cog server and in this process, interleaved
-    (after a warm-up of each), so that the difference of the medians is the server's overhead."""
+    (after a warm-up of each). The overhead is taken per prediction: its end-to-end time minus the
+    Generator's own time inside the worker (from coglet's log timestamps), so that the run-to-run
+    spread of the generation itself (seconds on a host-bound GPU) does not hide a few milliseconds.
+    The difference of the medians, served minus in process, is kept for comparison."""
     inputs = {
         "prompt": PROMPT,
         "resolution": entry[0],
@@ -179,34 +210,46 @@ def bench_server(
         "seed": 1,
     }
     request = request_for(entry, refs)
-    with tempfile.TemporaryDirectory() as folder, open(Path(folder) / "server.log", "w") as server_log:
-        server = CogServer(weights, log=server_log, extra_env={"GEN4_STEPS": str(steps)})
-        try:
-            setup_started = time.perf_counter()
-            server.wait_ready(timeout=900)
-            setup_s = time.perf_counter() - setup_started
+    served_runs: list[tuple[str, float, float]] = []  # (prediction id, end to end, coglet's predict_time)
+    with tempfile.TemporaryDirectory() as folder:
+        log_path = Path(folder) / "server.log"
+        with open(log_path, "w") as server_log:
+            server = CogServer(weights, log=server_log, extra_env={"GEN4_STEPS": str(steps)})
+            try:
+                setup_started = time.perf_counter()
+                server.wait_ready(timeout=900)
+                setup_s = time.perf_counter() - setup_started
 
-            predict_times: list[float] = []  # coglet's own metrics.predict_time: the worker's predict()
+                def served() -> None:
+                    started = time.perf_counter()
+                    body = server.predict(inputs).json()
+                    seconds = time.perf_counter() - started
+                    assert body["status"] == "succeeded", body.get("error")
+                    served_runs.append((body["id"], seconds, body["metrics"]["predict_time"]))
 
-            def served() -> None:
-                body = server.predict(inputs).json()
-                assert body["status"] == "succeeded", body.get("error")
-                predict_times.append(body["metrics"]["predict_time"])
-
-            served_s, local_s = interleaved(runs, served, lambda: quiet_predict(generator, request))
-        finally:
-            server.stop()
-    # What HTTP and coglet add around the worker's predict(): the served median minus the median
-    # of coglet's own predict_time. The rest of server_overhead_s is the worker process itself.
-    predict_s = statistics.median(predict_times[1:])  # without the warm-up
+                served_s, local_s = interleaved(runs, served, lambda: quiet_predict(generator, request))
+            finally:
+                server.stop()
+        model_s = generator_seconds(log_path.read_text())
+    measured = served_runs[1:]  # without the warm-up
+    missing = [pid for pid, _, _ in measured if pid not in model_s]
+    if missing:
+        raise RuntimeError(f"the server log has no Generator lines for predictions {missing}")
     return {
         "entry": f"{entry[0]} {entry[1]}",
         "server_setup_s": round(setup_s, 2),
         "end_to_end_s": round(served_s, 4),
-        "predict_time_s": round(predict_s, 4),
-        "http_and_coglet_s": round(served_s - predict_s, 4),
         "in_process_s": round(local_s, 4),
-        "server_overhead_s": round(served_s - local_s, 4),
+        "served_minus_in_process_s": round(served_s - local_s, 4),
+        # Per prediction, then the median: everything but the Generator (HTTP, coglet, inputs
+        # decoded and validated, the queue's thread hops, the output encoded as a data URI) ...
+        "server_overhead_s": round(statistics.median(e2e - model_s[pid] for pid, e2e, _ in measured), 4),
+        # ... of which HTTP and coglet around the worker's predict() ...
+        "http_and_coglet_s": round(statistics.median(e2e - predict for _, e2e, predict in measured), 4),
+        # ... and the worker's predict() around the Generator.
+        "worker_outside_generator_s": round(
+            statistics.median(predict - model_s[pid] for pid, _, predict in measured), 4
+        ),
     }
 
 

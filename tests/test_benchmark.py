@@ -58,3 +58,40 @@ def test_host_overhead_builds_the_skeleton_and_compares_both_forwards(tmp_path: 
     assert set(ms) == {"plain", "tag_localized"}
     ratio = result["diffusers_forward_over_this_projects"]["plain"]
     assert ratio == pytest.approx(ms["plain"]["diffusers"] / ms["plain"]["this_project"], abs=0.002)
+
+
+def test_server_overhead_is_taken_per_prediction_from_the_servers_log(tiny_weights: Path, tmp_path: Path) -> None:
+    """The real server on tiny weights: every measured prediction is found in coglet's log, and
+    the overhead's parts add up (end to end = HTTP and coglet + worker around the Generator +
+    the Generator, per prediction, so the medians agree to within rounding of the spread)."""
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--fast", "--no-sizes"]
+    command += ["--no-injection", "--no-turbo", "--no-compile"]
+    command += ["--weights-dir", str(tiny_weights), "--out", str(tmp_path)]
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    server = json.loads((tmp_path / "benchmark-tiny-cpu.json").read_text())["server"]
+    assert server["entry"] == "1080p 4:3" and server["server_setup_s"] > 0
+    parts = server["http_and_coglet_s"] + server["worker_outside_generator_s"]
+    assert 0 < server["http_and_coglet_s"] < server["server_overhead_s"] < server["end_to_end_s"]
+    assert server["server_overhead_s"] == pytest.approx(parts, abs=0.05)
+    assert server["served_minus_in_process_s"] == round(server["end_to_end_s"] - server["in_process_s"], 4)
+
+
+def test_generator_seconds_reads_coglets_json_log() -> None:
+    """Lines of other predictions, of no prediction and that are not JSON are passed over."""
+    from scripts.benchmark import generator_seconds
+
+    def line(stamp: str, message: str, prediction: str | None = "p1") -> str:
+        fields = {"message": message} | ({"prediction_id": prediction} if prediction else {})
+        return json.dumps({"timestamp": f"2026-11-23T00:00:{stamp}Z", "fields": fields})
+
+    log = "\n".join(
+        [
+            "a worker's stderr line",
+            line("01.000000", "Starting prediction"),
+            line("01.010000", "Using seed: 1"),
+            line("02.000000", "Using seed: 7", "p2"),
+            line("03.500000", "Generated image in 2.5sec"),
+            line("04.000000", "Setup complete", None),
+        ]
+    )
+    assert generator_seconds(log) == {"p1": pytest.approx(2.49)}
