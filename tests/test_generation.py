@@ -18,7 +18,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from PIL import Image
 
-from model.generate import decode
+from model.generate import decode, to_pil
 from model.pipeline import (
     MissingWeightsError,
     ProjectionOncePerPass,
@@ -247,6 +247,19 @@ def test_decode_falls_back_to_tiles_on_out_of_memory(generator: Generator, monke
     assert vae.use_tiling is False  # shared state restored for the next request
     with pytest.raises(torch.OutOfMemoryError):
         decode(vae, generator.pipe.image_processor, latents, "never")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_to_pil_is_diffusers_postprocess_pixel_for_pixel(generator: Generator, dtype: torch.dtype) -> None:
+    """The decoded image is converted to 8 bits where it lies; the result is diffusers' own."""
+    processor = generator.pipe.image_processor
+    # A VAE's output range and beyond (it is clamped), with values on the rounding boundaries.
+    pixels = (torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0)) * 0.8).to(dtype)
+    pixels[0, 0, 0, :5] = torch.tensor([-1.0, 1.0, 0.0, -3.0, 3.0], dtype=dtype)
+    ours = np.asarray(to_pil(processor, pixels))
+    theirs = np.asarray(processor.postprocess(pixels, output_type="pil")[0])
+    assert ours.dtype == np.uint8 and ours.shape == (96, 128, 3)
+    assert np.array_equal(ours, theirs)
 
 
 def test_save_masks_writes_where_each_tag_landed(
