@@ -193,6 +193,18 @@ def generator_seconds(server_log: str) -> dict[str, float]:
     return seconds
 
 
+def served_inputs(entry: tuple[str, str], references: list[Path]) -> dict:
+    """The benchmark's request as a Cog server takes it: the references as data URIs."""
+    return {
+        "prompt": PROMPT,
+        "resolution": entry[0],
+        "aspect_ratio": entry[1],
+        "reference_tags": TAGS,
+        "reference_images": ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in references],
+        "seed": 1,
+    }
+
+
 def bench_server(
     generator: Generator, weights: Path, steps: int, entry: tuple[str, str], refs: list[Path], runs: int
 ) -> dict:
@@ -201,14 +213,7 @@ def bench_server(
     Generator's own time inside the worker (from coglet's log timestamps), so that the run-to-run
     spread of the generation itself (seconds on a host-bound GPU) does not hide a few milliseconds.
     The difference of the medians, served minus in process, is kept for comparison."""
-    inputs = {
-        "prompt": PROMPT,
-        "resolution": entry[0],
-        "aspect_ratio": entry[1],
-        "reference_tags": TAGS,
-        "reference_images": ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in refs],
-        "seed": 1,
-    }
+    inputs = served_inputs(entry, refs)
     request = request_for(entry, refs)
     served_runs: list[tuple[str, float, float]] = []  # (prediction id, end to end, coglet's predict_time)
     with tempfile.TemporaryDirectory() as folder:

@@ -2,7 +2,6 @@
 (thread + asyncio), vs the real server (with and without MALLOC_ARENA_MAX=2), 1080p 4:3, 3 refs."""
 
 import asyncio
-import base64
 import json
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import torch
 from model.queue import GenerationQueue
 from model.service import Generator
 from model.settings import settings_from_env
-from scripts.benchmark import PROMPT, TAGS, quiet, reference_files, request_for
+from scripts.benchmark import quiet, reference_files, request_for, served_inputs
 from scripts.serve import CogServer
 
 weights = Path(sys.argv[1])
@@ -58,14 +57,7 @@ for _ in range(3):
     for name, fn in (("direct", direct), ("queued", queued)):
         res.setdefault(name, []).append(round(timed(fn), 4))
         res.setdefault(name + "_stages", []).append({k: round(v, 4) for k, v in g.last_timings.items()})
-inputs = {
-    "prompt": PROMPT,
-    "resolution": entry[0],
-    "aspect_ratio": entry[1],
-    "reference_tags": TAGS,
-    "reference_images": ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in refs],
-    "seed": 1,
-}
+inputs = served_inputs(entry, refs)
 for label, env in (("server", {}), ("server_arena64", {"MALLOC_ARENA_MAX": "64"})):
     with open(out / f"{label}.log", "w") as log:
         s = CogServer(weights, log=log, extra_env=env)
