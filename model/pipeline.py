@@ -200,14 +200,16 @@ def attention_forward(
     )
 
 
-def read_signatures_once(*models: torch.nn.Module) -> int:
+def attention_modules(*models: torch.nn.Module) -> list[Attention]:
+    """Every diffusers `Attention` in `models`."""
+    return [m for model in models for m in model.modules() if isinstance(m, Attention)]
+
+
+def read_signatures_once(*models: torch.nn.Module) -> None:
     """Give every diffusers `Attention` in `models` `attention_forward` (on the instance, so that
-    processors can still be swapped: the lookup is per call, by the processor's class). Returns
-    how many modules."""
-    modules = [m for model in models for m in model.modules() if isinstance(m, Attention)]
-    for module in modules:
+    processors can still be swapped: the lookup is per call, by the processor's class)."""
+    for module in attention_modules(*models):
         module.forward = types.MethodType(attention_forward, module)
-    return len(modules)
 
 
 def img2img_from(pipe: StableDiffusionXLPipeline) -> StableDiffusionXLImg2ImgPipeline:

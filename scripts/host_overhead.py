@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from diffusers.models.attention_processor import Attention  # noqa: E402
 
+from model.pipeline import attention_modules  # noqa: E402
 from model.service import Generator  # noqa: E402
 from model.settings import settings_from_env  # noqa: E402
 from scripts.benchmark import emit_json, injection_runner, interleaved, quiet, run_facts  # noqa: E402
@@ -42,10 +42,7 @@ def diffusers_attention_forward(*models: torch.nn.Module) -> Iterator[None]:
     """diffusers' own `Attention.forward` in `models` for the duration (the setup's per-instance
     forward set aside, then put back)."""
     saved = {
-        module: module.__dict__.pop("forward")
-        for model in models
-        for module in model.modules()
-        if isinstance(module, Attention) and "forward" in module.__dict__
+        module: module.__dict__.pop("forward") for module in attention_modules(*models) if "forward" in module.__dict__
     }
     try:
         yield

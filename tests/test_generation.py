@@ -23,6 +23,7 @@ from model.pipeline import (
     MissingWeightsError,
     ProjectionOncePerPass,
     attention_forward,
+    attention_modules,
     check_weights,
     processor_parameters,
 )
@@ -394,7 +395,7 @@ def test_attention_reads_each_processor_signature_once_not_at_every_call(
     once = generator.predict(request)
     assert 0 < len(read) <= len({type(p) for p in processors})
     # diffusers' own forward on the same modules: one read per attention call, the same image.
-    modules = [m for model in models for m in model.modules() if isinstance(m, Attention)]
+    modules = attention_modules(*models)
     for module in modules:
         monkeypatch.delattr(module, "forward")  # the class's forward again (restored at teardown)
     read.clear()
