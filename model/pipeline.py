@@ -81,7 +81,32 @@ def check_weights(weights_dir: Path, turbo: bool = False) -> None:
         )
 
 
-def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> StableDiffusionXLPipeline:
+class PinnedDevice:
+    """A pipeline whose execution device is set once, where setup put the model.
+
+    diffusers' `_execution_device` looks for offloading hooks in every module of every component
+    at each pipeline call: about 30 ms of host time per call on this project's CPU (skeleton
+    weights), two calls per prediction. This project never offloads, so the answer cannot change
+    after setup. Unpinned (None), it is diffusers' own.
+    """
+
+    execution_device: torch.device | None = None
+
+    @property
+    def _execution_device(self) -> torch.device:
+        pinned = self.execution_device
+        return pinned if pinned is not None else super()._execution_device  # type: ignore[misc]
+
+
+class SDXLPipeline(PinnedDevice, StableDiffusionXLPipeline):
+    """diffusers' SDXL text-to-image pipeline with a pinned execution device."""
+
+
+class SDXLImg2ImgPipeline(PinnedDevice, StableDiffusionXLImg2ImgPipeline):
+    """diffusers' SDXL img2img pipeline (the refine pass) with a pinned execution device."""
+
+
+def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> SDXLPipeline:
     """The SDXL pipeline with IP-Adapter Plus loaded, on the runtime's device and dtype; with
     `turbo`, SDXL-Lightning's 4-step LoRA fused into the UNet and its scheduler."""
     check_weights(weights_dir, turbo)
@@ -89,7 +114,7 @@ def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> S
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dtype = runtime.dtype
     vae = AutoencoderKL.from_pretrained(weights_dir / SDXL_VAE_FP16_FIX.folder, dtype=dtype)
-    pipe = StableDiffusionXLPipeline.from_pretrained(
+    pipe = SDXLPipeline.from_pretrained(
         weights_dir / SDXL_BASE.folder,
         vae=vae,
         dtype=dtype,
@@ -112,6 +137,7 @@ def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> S
         # SDXL-Lightning's sampler: Euler with trailing timestep spacing (its model card).
         pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     pipe.to(runtime.device)  # every part was loaded in `dtype` already
+    pipe.execution_device = pipe.device  # diffusers' answer, read once (e.g. cuda:0 for "cuda")
     pipe.unet.encoder_hid_proj = ProjectionOncePerPass(list(pipe.unet.encoder_hid_proj.image_projection_layers))
     read_signatures_once(pipe.unet, pipe.vae)
     if runtime.device.type == "cuda":
@@ -212,12 +238,13 @@ def read_signatures_once(*models: torch.nn.Module) -> None:
         module.forward = types.MethodType(attention_forward, module)
 
 
-def img2img_from(pipe: StableDiffusionXLPipeline) -> StableDiffusionXLImg2ImgPipeline:
+def img2img_from(pipe: SDXLPipeline) -> SDXLImg2ImgPipeline:
     """The img2img pipeline over the same loaded modules (no second load, no copy): the refine
     pass shares the UNet and its IP-Adapter processors, the VAE and the text encoders."""
     # from_pipe casts every module to its `dtype` argument, which defaults to float32 (diffusers
     # 0.42): without it the fp16 model silently became fp32 (twice the memory, much slower).
-    refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe, dtype=pipe.dtype)
+    refiner = SDXLImg2ImgPipeline.from_pipe(pipe, dtype=pipe.dtype)
+    refiner.execution_device = pipe.execution_device
     refiner.set_progress_bar_config(disable=True)
     return refiner
 

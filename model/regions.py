@@ -103,6 +103,10 @@ class RegionState:
     # Each layer's adapter keys and values, in the batched path's layout: a pass's references are
     # fixed, so they are the same at every step (diffusers recomputes them in every layer and step).
     _ip_kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # Each layer's text keys and values, with the prompt tensor they came from: a pass hands the
+    # UNet the same prompt embeddings at every step (diffusers recomputes them in every layer and
+    # step: two of the ~10 launches of a cross-attention layer).
+    _text_kv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
     def carried(cls, base: RegionState, latent_hw: tuple[int, int], steps: int) -> RegionState:
@@ -226,6 +230,15 @@ class RegionState:
             self._ip_kv[(id(processor), ip.shape)] = cached
         return cached
 
+    def text_keys_values(self, attn: Attention, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A layer's `to_k(text)` and `to_v(text)`, computed at its first call in this pass and
+        again only if another prompt tensor arrives. Holding the tensor keeps it alive, so that
+        its identity cannot pass to another one."""
+        cached = self._text_kv.get(id(attn))
+        if cached is None or cached[0] is not text:
+            cached = self._text_kv[id(attn)] = (text, attn.to_k(text), attn.to_v(text))
+        return cached[1], cached[2]
+
     @property
     def tagged_off(self) -> bool:
         """Whether tagged references are off at this step (warm-up, or no map yet)."""
@@ -346,7 +359,7 @@ class TagRegionAttnProcessor(IPAdapterAttnProcessor2_0):
         heads = attn.heads
         # 1. Text attention, as the parent computes it.
         query = attn.to_q(hidden_states)
-        key, value = attn.to_k(text), attn.to_v(text)
+        key, value = region.text_keys_values(attn, text)
         head_dim = key.shape[-1] // heads
         q = query.view(batch, -1, heads, head_dim).transpose(1, 2)
         k = key.view(batch, -1, heads, head_dim).transpose(1, 2)
@@ -376,10 +389,13 @@ class TagRegionAttnProcessor(IPAdapterAttnProcessor2_0):
 
     @staticmethod
     def _project(attn: Attention, out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """4. Heads back together and the output projection, as the parent."""
+        """4. Heads back together and the output projection, as the parent. Its dropout is called
+        only in training mode: in eval mode it is the identity, and a module call costs host time."""
         batch, heads, _, head_dim = out.shape
         out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
+        out = attn.to_out[0](out)
+        if attn.training:
+            out = attn.to_out[1](out)
         return out / attn.rescale_output_factor
 
     @staticmethod

@@ -12,7 +12,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers import DiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from diffusers.models import attention_processor
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
@@ -371,6 +371,45 @@ def test_the_image_projection_runs_once_per_pass_with_the_same_image(tiny_weight
     every_step = gen.predict(request)
     assert len(calls) == 5
     assert digest(once) == digest(every_step)
+
+
+def test_cross_attention_projects_the_text_once_per_pass(
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each tagged cross-attention layer runs `to_k` on the prompt once per pass (base + refine),
+    not at every step, and the image is byte-identical to projecting it at every step."""
+    gen = Generator(Settings(weights_dir=tiny_weights, steps=4, device="cpu"))
+    layer = next(m for name, m in gen.pipe.unet.named_modules() if name.endswith("attn2"))
+    calls = []
+    layer.to_k.register_forward_hook(lambda *_: calls.append(1))
+    request = tagged(tmp_path, "@woman with @dog", ["woman", "dog"], "1080p", "4:3", seed=11)  # 4 + 1 steps
+
+    once = gen.predict(request)
+    assert len(calls) == 2
+    calls.clear()
+    monkeypatch.setattr(RegionState, "text_keys_values", lambda self, attn, text: (attn.to_k(text), attn.to_v(text)))
+    every_step = gen.predict(request)
+    assert len(calls) == 5
+    assert digest(once) == digest(every_step)
+
+
+def test_pipelines_pin_diffusers_execution_device_and_never_walk_the_modules(
+    generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The execution device is diffusers' own answer, read once at setup: a prediction never runs
+    diffusers' walk over every module (about 12 ms a call on the CPU with SDXL's structure)."""
+    walk = DiffusionPipeline._execution_device
+    for pipe in (generator.pipe, generator.refiner):
+        assert pipe._execution_device == walk.fget(pipe) == torch.device("cpu")
+    walks = []
+    monkeypatch.setattr(DiffusionPipeline, "_execution_device", property(lambda p: walks.append(p) or walk.fget(p)))
+    generator.predict(tagged(tmp_path, "@woman in @park", ["woman", "park"], "1080p", "1:1", seed=3))
+    assert walks == []
+    generator.pipe.execution_device = None  # unpinned: diffusers' own again
+    try:
+        assert generator.pipe._execution_device == torch.device("cpu") and walks == [generator.pipe]
+    finally:
+        generator.pipe.execution_device = generator.refiner.execution_device
 
 
 def test_attention_reads_each_processor_signature_once_not_at_every_call(

@@ -206,6 +206,29 @@ def test_adapter_keys_are_computed_once_per_pass() -> None:
     assert len(calls) == 1 and torch.equal(first, second)
 
 
+def test_text_keys_are_computed_once_per_pass_and_again_for_another_prompt() -> None:
+    """The text's keys and values are a function of the pass's fixed prompt tensor: later steps
+    reuse them; another prompt tensor (even of the same shape) is projected afresh."""
+    attn = make_attention()
+    _, ours = parent_and_ours(3)
+    ours.anchor = False
+    hidden, (text, ip) = inputs(3)
+    region = planted_region(warmup=False)
+    calls = []
+    hooks = [layer.register_forward_hook(lambda *args: calls.append(1)) for layer in (attn.to_k, attn.to_v)]
+    other = text + 1.0
+    with torch.no_grad():
+        first = ours(attn, hidden, (text, ip), region=region)
+        region.end_step()
+        second = ours(attn, hidden, (text, ip), region=region)
+        assert len(calls) == 2 and torch.equal(first, second)
+        changed = ours(attn, hidden, (other, ip), region=region)
+        fresh = ours(attn, hidden, (other, ip), region=planted_region(warmup=False))
+    for hook in hooks:
+        hook.remove()
+    assert len(calls) == 6 and torch.equal(changed, fresh) and not torch.equal(changed, first)
+
+
 def test_warmup_turns_tagged_references_off_and_anchor_records_maps() -> None:
     attn = make_attention()
     _, ours = parent_and_ours(2)
