@@ -153,7 +153,8 @@ def generate(
     """Denoise and decode one image of exactly the plan's target size."""
     plan = inputs.plan
     # 1. Shared pipeline state, set on every request so that no request inherits another's.
-    #    Scale 0 with no reference: diffusers' processor then skips the adapter entirely.
+    #    Scale 0 with no reference: the adapter is then skipped entirely (the region state still
+    #    goes with the call: with no reference it only keeps each layer's text keys and values).
     has_references = inputs.references.positive.shape[0] > 0
     pipe.set_ip_adapter_scale(inputs.ip_adapter_scale if has_references else 0.0)
     set_vae_tiling(pipe.vae, inputs.vae_tiling == "always")
@@ -179,7 +180,7 @@ def generate(
             "ip_adapter_image_embeds": embeds,
             "generator": generator,
             "callback_on_step_end": step_end,
-            "cross_attention_kwargs": {"region": region} if has_references else None,
+            "cross_attention_kwargs": {"region": region},
             "output_type": "latent",
         }
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.host_overhead import SAVINGS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,19 +47,24 @@ def test_injection_op_count(tiny_weights: Path, tmp_path: Path) -> None:
     assert result["ops_ratio_localized_over_plain"] == round(localized["ops"] / plain["ops"], 3)
 
 
-def test_host_overhead_builds_the_skeleton_and_compares_both_forwards(tmp_path: Path) -> None:
-    """scripts/host_overhead.py: skeleton weights (built here, offline), the four variants and
-    their ratios, each consistent with the times it reports."""
+def test_host_overhead_builds_the_skeleton_and_switches_each_saving_off(tmp_path: Path) -> None:
+    """scripts/host_overhead.py: skeleton weights (built here, offline), every variant (each saving
+    off in turn, all off) and their ratios, each consistent with the times it reports."""
     out = tmp_path / "host.json"
     command = [sys.executable, str(ROOT / "scripts" / "host_overhead.py"), "--steps", "2", "--runs", "1"]
     subprocess.run([*command, "--out", str(out)], check=True, capture_output=True, timeout=600)
     result = json.loads(out.read_text())
     assert result["arch"] == "skeleton" and result["threads"] == 1 and result["device"].startswith("CPU")
     ms = result["ms_per_step_this_cpu"]
-    assert all(ms[kind][forward] > 0 for kind in ms for forward in ("this_project", "diffusers"))
-    assert set(ms) == {"plain", "tag_localized"}
-    ratio = result["diffusers_forward_over_this_projects"]["plain"]
+    setups = {"this_project", "diffusers", *(f"without_{name}" for name in SAVINGS)}
+    assert set(ms) == {"plain", "tag_localized"} and all(set(ms[kind]) == setups for kind in ms)
+    assert all(seconds > 0 for kind in ms for seconds in ms[kind].values())
+    ratio = result["diffusers_over_this_projects"]["plain"]
     assert ratio == pytest.approx(ms["plain"]["diffusers"] / ms["plain"]["this_project"], abs=0.002)
+    saving = result["saving_off_over_on"]["tag_localized"]["text_kv_once"]
+    assert saving == pytest.approx(
+        ms["tag_localized"]["without_text_kv_once"] / ms["tag_localized"]["this_project"], abs=0.002
+    )
 
 
 def test_server_overhead_is_taken_per_prediction_from_the_servers_log(tiny_weights: Path, tmp_path: Path) -> None:

@@ -373,16 +373,18 @@ def test_the_image_projection_runs_once_per_pass_with_the_same_image(tiny_weight
     assert digest(once) == digest(every_step)
 
 
+@pytest.mark.parametrize(("prompt", "tags"), [("@woman with @dog", ["woman", "dog"]), ("a woman with a dog", [])])
 def test_cross_attention_projects_the_text_once_per_pass(
-    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prompt: str, tags: list[str]
 ) -> None:
-    """Each tagged cross-attention layer runs `to_k` on the prompt once per pass (base + refine),
-    not at every step, and the image is byte-identical to projecting it at every step."""
+    """Each cross-attention layer runs `to_k` on the prompt once per pass (base + refine), not at
+    every step, with references or none, and the image is byte-identical to projecting it at
+    every step."""
     gen = Generator(Settings(weights_dir=tiny_weights, steps=4, device="cpu"))
     layer = next(m for name, m in gen.pipe.unet.named_modules() if name.endswith("attn2"))
     calls = []
     layer.to_k.register_forward_hook(lambda *_: calls.append(1))
-    request = tagged(tmp_path, "@woman with @dog", ["woman", "dog"], "1080p", "4:3", seed=11)  # 4 + 1 steps
+    request = tagged(tmp_path, prompt, tags, "1080p", "4:3", seed=11)  # 4 + 1 steps
 
     once = gen.predict(request)
     assert len(calls) == 2

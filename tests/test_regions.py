@@ -161,6 +161,21 @@ def test_all_ones_mask_equals_diffusers_processor() -> None:
     assert torch.equal(plain, expected)
 
 
+def test_without_references_the_region_path_is_diffusers_text_attention() -> None:
+    """No reference: the stand-in image at scale 0 and a state with no bindings give exactly the
+    parent's output at scale 0 (the adapter skipped), at every step of the pass."""
+    attn = make_attention()
+    parent, ours = parent_and_ours(1)
+    parent.scale = ours.scale = [0.0]
+    hidden, enc = inputs(1)
+    region = RegionState([], RegionConfig(), steps=4, latent_hw=(4, 6))
+    with torch.no_grad():
+        expected = parent(attn, hidden, enc)
+        for _ in range(2):
+            assert torch.equal(ours(attn, hidden, enc, region=region), expected)
+            region.end_step()
+
+
 def test_reference_contributes_exactly_zero_outside_its_mask() -> None:
     attn = make_attention()
     _, ours = parent_and_ours(2)
