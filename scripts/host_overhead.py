@@ -4,9 +4,12 @@ A GPU run whose kernels are small is bound by its host: the Python and dispatch 
 This measures that work without a GPU: the "skeleton" weights (scripts/make_random_weights.py) have
 SDXL's full UNet structure (every block, all 70 transformer layers) at tiny widths, and run on
 one thread at a tiny size, so that the time is dispatch and Python rather than arithmetic. Plain
-multi-image IP-Adapter and tag-localized (3 references), each with this project's attention
-forward (the processor's signature read once per class) and with diffusers' own (read at every
-call), interleaved. Only ratios carry over to another machine.
+multi-image IP-Adapter and tag-localized (3 references), each with this project's host savings
+on, with each one switched off in turn, and with all off (diffusers' behaviour), interleaved:
+the processor's signature read once per class instead of at every attention call, the text's
+cross-attention keys and values projected once per pass instead of at every step, and the
+pipeline's execution device pinned at setup instead of looked up over every module at each call.
+Only ratios carry over to another machine.
 
     python scripts/host_overhead.py [--weights-dir DIR] [--steps 10] [--runs 7] [--size 64x64]
                                     [--threads 1] [--out FILE]
@@ -28,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from model.pipeline import attention_modules  # noqa: E402
+from model.pipeline import SDXLPipeline, attention_modules  # noqa: E402
+from model.regions import RegionState  # noqa: E402
 from model.service import Generator  # noqa: E402
 from model.settings import settings_from_env  # noqa: E402
 from scripts.benchmark import emit_json, injection_runner, interleaved, quiet, run_facts  # noqa: E402
@@ -51,31 +55,71 @@ def diffusers_attention_forward(*models: torch.nn.Module) -> Iterator[None]:
             module.forward = forward
 
 
-def measure(generator: Generator, steps: int, runs: int, width: int, height: int) -> dict:
-    """Seconds per step of the four variants, interleaved, and their ratios."""
-    run = injection_runner(generator, steps, width, height)
-    models = (generator.pipe.unet, generator.pipe.vae)
+@contextlib.contextmanager
+def text_projected_every_step() -> Iterator[None]:
+    """diffusers' way for the duration: every cross-attention layer projects the text at every
+    step instead of once per pass."""
+    once = RegionState.text_keys_values
+    RegionState.text_keys_values = lambda self, attn, text: (attn.to_k(text), attn.to_v(text))
+    try:
+        yield
+    finally:
+        RegionState.text_keys_values = once
 
-    def variant(localized: bool, diffusers_forward: bool) -> Callable[[], object]:
+
+@contextlib.contextmanager
+def device_looked_up(pipe: SDXLPipeline) -> Iterator[None]:
+    """diffusers' `_execution_device` (a walk over every module at each pipeline call) for the
+    duration, instead of the device pinned at setup."""
+    pinned, pipe.execution_device = pipe.execution_device, None
+    try:
+        yield
+    finally:
+        pipe.execution_device = pinned
+
+
+# This project's host savings, each with what switches it off (diffusers' behaviour) for a run.
+SAVINGS: dict[str, Callable[[Generator], contextlib.AbstractContextManager]] = {
+    "signature_once": lambda g: diffusers_attention_forward(g.pipe.unet, g.pipe.vae),
+    "text_kv_once": lambda g: text_projected_every_step(),
+    "pinned_device": lambda g: device_looked_up(g.pipe),
+}
+
+
+def measure(generator: Generator, steps: int, runs: int, width: int, height: int) -> dict:
+    """Seconds per step, interleaved: plain and tag-localized, each with every saving on, with each
+    one off in turn, and with all off (diffusers' behaviour); and their ratios."""
+    run = injection_runner(generator, steps, width, height)
+    setups = {"this_project": (), **{f"without_{name}": (name,) for name in SAVINGS}, "diffusers": tuple(SAVINGS)}
+
+    def variant(localized: bool, off: tuple[str, ...]) -> Callable[[], object]:
         def call() -> object:
-            with diffusers_attention_forward(*models) if diffusers_forward else contextlib.nullcontext():
+            with contextlib.ExitStack() as stack:
+                for name in off:
+                    stack.enter_context(SAVINGS[name](generator))
                 return run(localized)
 
         return call
 
-    names = [(kind, forward) for kind in ("plain", "tag_localized") for forward in ("this_project", "diffusers")]
-    seconds = interleaved(runs, *(variant(kind != "plain", forward == "diffusers") for kind, forward in names))
+    names = [(kind, setup) for kind in ("plain", "tag_localized") for setup in setups]
+    seconds = interleaved(runs, *(variant(kind != "plain", setups[setup]) for kind, setup in names))
     per_step = {kind: {} for kind, _ in names}
-    for (kind, forward), total in zip(names, seconds, strict=True):
-        per_step[kind][forward] = total / steps
+    for (kind, setup), total in zip(names, seconds, strict=True):
+        per_step[kind][setup] = total / steps
     return {
         "ms_per_step_this_cpu": {k: {f: round(s * 1000, 2) for f, s in v.items()} for k, v in per_step.items()},
-        "diffusers_forward_over_this_projects": {
+        # Per saving: time per step with it off over time with every saving on (plain IP-Adapter
+        # runs diffusers' processor, which the text saving does not touch: a control).
+        "saving_off_over_on": {
+            kind: {name: round(v[f"without_{name}"] / v["this_project"], 3) for name in SAVINGS}
+            for kind, v in per_step.items()
+        },
+        "diffusers_over_this_projects": {
             kind: round(v["diffusers"] / v["this_project"], 3) for kind, v in per_step.items()
         },
         "tag_localized_over_plain": {
-            forward: round(per_step["tag_localized"][forward] / per_step["plain"][forward], 3)
-            for forward in ("this_project", "diffusers")
+            setup: round(per_step["tag_localized"][setup] / per_step["plain"][setup], 3)
+            for setup in ("this_project", "diffusers")
         },
     }
 
