@@ -368,7 +368,7 @@ class TagRegionAttnProcessor(IPAdapterAttnProcessor2_0):
         records = self.anchor and region.records
         weights = region.ip_weights(seq_len, hidden_states.device, q.dtype, float(self.scale[0]))
         if not records and weights is None:
-            return self._project(attn, out, query.dtype)
+            return project_out(attn, out, query.dtype)
         # One copy of the query in the layout batched matmuls take, shared by steps 2 and 3.
         q_rows = q.reshape(batch * heads, seq_len, head_dim)
         # 2. Anchor layers: where the tag tokens land, from the same query and key (cond half).
@@ -385,18 +385,7 @@ class TagRegionAttnProcessor(IPAdapterAttnProcessor2_0):
             scores = torch.bmm(q_rows, ip_key_t).view(batch * heads, seq_len, images, tokens)
             probs = torch.softmax(scores, dim=-1) * weights
             out = out + torch.bmm(probs.view(batch * heads, seq_len, images * tokens), ip_value).view(out.shape)
-        return self._project(attn, out, query.dtype)
-
-    @staticmethod
-    def _project(attn: Attention, out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """4. Heads back together and the output projection, as the parent. Its dropout is called
-        only in training mode: in eval mode it is the identity, and a module call costs host time."""
-        batch, heads, _, head_dim = out.shape
-        out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(dtype)
-        out = attn.to_out[0](out)
-        if attn.training:
-            out = attn.to_out[1](out)
-        return out / attn.rescale_output_factor
+        return project_out(attn, out, query.dtype)
 
     @staticmethod
     def _text_attention(attn: Attention, hidden_states: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -411,6 +400,21 @@ class TagRegionAttnProcessor(IPAdapterAttnProcessor2_0):
         return torch.softmax(q @ k.transpose(-1, -2) * head_dim**-0.5, dim=-1)
 
 
+def project_out(attn: Attention, out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Heads back together and the output projection, as diffusers' processors end. Two of
+    their steps are the identity at inference and are skipped, since each costs a module call or
+    a kernel launch in every attention layer: the dropout in eval mode, and the division by a
+    `rescale_output_factor` of 1 (SDXL's everywhere; x / 1.0 is exactly x)."""
+    batch, heads, _, head_dim = out.shape
+    out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(dtype)
+    out = attn.to_out[0](out)
+    if attn.training:
+        out = attn.to_out[1](out)
+    if attn.rescale_output_factor != 1.0:
+        out = out / attn.rescale_output_factor
+    return out
+
+
 class RegionAwareAttnProcessor2_0(AttnProcessor2_0):  # noqa: N801 - diffusers' naming
     """diffusers' SDPA processor for self-attention, accepting (and ignoring) the `region` that
     the cross-attention processors use, so that diffusers does not filter it on every call."""
@@ -420,10 +424,39 @@ class RegionAwareAttnProcessor2_0(AttnProcessor2_0):  # noqa: N801 - diffusers' 
 
 
 class RegionAwareFusedAttnProcessor2_0(FusedAttnProcessor2_0):  # noqa: N801 - diffusers' naming
-    """diffusers' fused-QKV SDPA processor for self-attention, accepting (and ignoring) `region`."""
+    """diffusers' fused-QKV SDPA processor for self-attention, accepting (and ignoring) `region`.
+    On SDXL's plain self-attention (no mask, no norms, no residual) it runs the parent's steps
+    without its branches and identity steps (`project_out`); any other layer gets the parent."""
 
-    def __call__(self, *args: object, region: RegionState | None = None, **kwargs: object) -> torch.Tensor:  # type: ignore[override]
-        return super().__call__(*args, **kwargs)
+    def __call__(  # type: ignore[override]
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *args: object,
+        region: RegionState | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        if (
+            encoder_hidden_states is not None
+            or attention_mask is not None
+            or args
+            or kwargs.get("scale") is not None
+            or hidden_states.ndim != 3
+            or attn.spatial_norm is not None
+            or attn.group_norm is not None
+            or attn.norm_q is not None
+            or attn.norm_k is not None
+            or attn.residual_connection
+        ):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        batch = hidden_states.shape[0]
+        query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        head_dim = key.shape[-1] // attn.heads
+        q, k, v = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
+        return project_out(attn, out, query.dtype)
 
 
 def install_processors(unet: torch.nn.Module, config: RegionConfig, fuse_self_attention: bool = False) -> int:

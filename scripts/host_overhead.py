@@ -7,8 +7,9 @@ one thread at a tiny size, so that the time is dispatch and Python rather than a
 multi-image IP-Adapter and tag-localized (3 references), each with this project's host savings
 on, with each one switched off in turn, and with all off (diffusers' behaviour), interleaved:
 the processor's signature read once per class instead of at every attention call, the text's
-cross-attention keys and values projected once per pass instead of at every step, and the
-pipeline's execution device pinned at setup instead of looked up over every module at each call.
+cross-attention keys and values projected once per pass instead of at every step, the
+pipeline's execution device pinned at setup instead of looked up over every module at each call,
+and attention without diffusers' identity steps (eval-mode dropout, division by 1).
 Only ratios carry over to another machine.
 
     python scripts/host_overhead.py [--weights-dir DIR] [--steps 10] [--runs 7] [--size 64x64]
@@ -30,7 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0  # noqa: E402
 
+from model import regions  # noqa: E402
 from model.pipeline import SDXLPipeline, attention_modules  # noqa: E402
 from model.regions import RegionState  # noqa: E402
 from model.service import Generator  # noqa: E402
@@ -78,11 +81,36 @@ def device_looked_up(pipe: SDXLPipeline) -> Iterator[None]:
         pipe.execution_device = pinned
 
 
+def identity_project_out(attn: Attention, out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`regions.project_out` with diffusers' identity steps kept: the eval-mode dropout and the
+    division by a `rescale_output_factor` of 1."""
+    batch, heads, _, head_dim = out.shape
+    out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(dtype)))
+    return out / attn.rescale_output_factor
+
+
+@contextlib.contextmanager
+def attention_with_identity_steps() -> Iterator[None]:
+    """diffusers' way for the duration: self-attention through diffusers' fused processor, and the
+    cross-attention fast path ending with the identity steps."""
+    lean_self, lean_end = regions.RegionAwareFusedAttnProcessor2_0.__call__, regions.project_out
+
+    def parents(self: object, *args: object, region: object = None, **kwargs: object) -> torch.Tensor:
+        return FusedAttnProcessor2_0.__call__(self, *args, **kwargs)
+
+    regions.RegionAwareFusedAttnProcessor2_0.__call__, regions.project_out = parents, identity_project_out
+    try:
+        yield
+    finally:
+        regions.RegionAwareFusedAttnProcessor2_0.__call__, regions.project_out = lean_self, lean_end
+
+
 # This project's host savings, each with what switches it off (diffusers' behaviour) for a run.
 SAVINGS: dict[str, Callable[[Generator], contextlib.AbstractContextManager]] = {
     "signature_once": lambda g: diffusers_attention_forward(g.pipe.unet, g.pipe.vae),
     "text_kv_once": lambda g: text_projected_every_step(),
     "pinned_device": lambda g: device_looked_up(g.pipe),
+    "lean_attention": lambda g: attention_with_identity_steps(),
 }
 
 

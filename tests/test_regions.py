@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
+from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0, IPAdapterAttnProcessor2_0
 from transformers import CLIPTokenizer
 
 from model.pipeline import load_pipeline, pick_runtime
 from model.prompt import parse_prompt
 from model.regions import (
     Binding,
+    RegionAwareFusedAttnProcessor2_0,
     RegionConfig,
     RegionState,
     TagRegionAttnProcessor,
@@ -333,6 +334,25 @@ def test_tag_localization_adds_no_host_sync_to_the_step_loop(tiny_weights: Path)
         run(False)
     assert region.weights is not None and region.step == 4  # the anchors recorded and masks were made
     assert localized.host_data == plain.host_data, f"localized {localized.host_data} vs plain {plain.host_data}"
+
+
+@pytest.mark.parametrize(("rescale", "residual"), [(1.0, False), (2.0, False), (1.0, True)])
+def test_fused_self_attention_equals_diffusers_exactly(rescale: float, residual: bool) -> None:
+    """The fused self-attention without the parent's identity steps (eval dropout, / 1.0) gives
+    the parent's output bit for bit, and divides as the parent does when a layer rescales; a layer
+    with a residual connection keeps the parent's path."""
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=4, dim_head=8, rescale_output_factor=rescale, residual_connection=residual)
+    attn.fuse_projections(fuse=True)
+    attn.eval()
+    hidden = torch.randn(2, 24, 32)
+    with torch.no_grad():
+        expected = FusedAttnProcessor2_0()(attn, hidden)
+        dropout_calls = []
+        attn.to_out[1].register_forward_hook(lambda *_: dropout_calls.append(1))
+        got = RegionAwareFusedAttnProcessor2_0()(attn, hidden, region=None)
+    assert torch.equal(got, expected)
+    assert len(dropout_calls) == (1 if residual else 0)  # the parent's path calls its dropout
 
 
 def test_fused_self_attention_gives_the_same_latents(tiny_weights: Path) -> None:
