@@ -33,6 +33,7 @@ from model.service import Generator
 from model.settings import Settings
 from model.tables import OUTPUT_SIZES
 from model.weights import ALL_REPOS, SDXL_VAE_FP16_FIX
+from scripts.host_overhead import device_looked_up, text_projected_every_step
 from tests.conftest import png_bytes
 
 
@@ -375,7 +376,7 @@ def test_the_image_projection_runs_once_per_pass_with_the_same_image(tiny_weight
 
 @pytest.mark.parametrize(("prompt", "tags"), [("@woman with @dog", ["woman", "dog"]), ("a woman with a dog", [])])
 def test_cross_attention_projects_the_text_once_per_pass(
-    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prompt: str, tags: list[str]
+    tiny_weights: Path, tmp_path: Path, prompt: str, tags: list[str]
 ) -> None:
     """Each cross-attention layer runs `to_k` on the prompt once per pass (base + refine), not at
     every step, with references or none, and the image is byte-identical to projecting it at
@@ -389,8 +390,8 @@ def test_cross_attention_projects_the_text_once_per_pass(
     once = gen.predict(request)
     assert len(calls) == 2
     calls.clear()
-    monkeypatch.setattr(RegionState, "text_keys_values", lambda self, attn, text: (attn.to_k(text), attn.to_v(text)))
-    every_step = gen.predict(request)
+    with text_projected_every_step():
+        every_step = gen.predict(request)
     assert len(calls) == 5
     assert digest(once) == digest(every_step)
 
@@ -407,11 +408,8 @@ def test_pipelines_pin_diffusers_execution_device_and_never_walk_the_modules(
     monkeypatch.setattr(DiffusionPipeline, "_execution_device", property(lambda p: walks.append(p) or walk.fget(p)))
     generator.predict(tagged(tmp_path, "@woman in @park", ["woman", "park"], "1080p", "1:1", seed=3))
     assert walks == []
-    generator.pipe.execution_device = None  # unpinned: diffusers' own again
-    try:
+    with device_looked_up(generator.pipe):  # unpinned: diffusers' own again
         assert generator.pipe._execution_device == torch.device("cpu") and walks == [generator.pipe]
-    finally:
-        generator.pipe.execution_device = generator.refiner.execution_device
 
 
 def test_attention_reads_each_processor_signature_once_not_at_every_call(
