@@ -182,6 +182,10 @@ class ProjectionOncePerPass(MultiIPAdapterImageProjection):
         self._last = (list(image_embeds), [_version(t) for t in image_embeds], projected)
         return list(projected)
 
+    def forget(self) -> None:
+        """Drop the kept call, so that the next one computes (a CUDA graph's capture must)."""
+        self._last = None
+
 
 def _version(tensor: torch.Tensor) -> int:
     """The tensor's in-place write counter; -1 for an inference tensor, which keeps none."""

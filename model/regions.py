@@ -158,6 +158,15 @@ class RegionState:
             self._acc.addmm_(mean, token_mean)  # one op: multiply and add in place
         self._acc_layers += 1
 
+    def recorded_maps(self) -> tuple[torch.Tensor, int, tuple[int, int] | None] | None:
+        """This step's summed anchor maps, how many layers they sum, and their size (None if no
+        anchor recorded): what a graph of the step hands back (model/graphs.py)."""
+        return None if self._acc is None else (self._acc, self._acc_layers, self.anchor_hw)
+
+    def adopt_maps(self, acc: torch.Tensor, layers: int, anchor_hw: tuple[int, int] | None) -> None:
+        """Take a replayed graph's recorded maps as this step's (read by `end_step`)."""
+        self._acc, self._acc_layers, self.anchor_hw = acc, layers, anchor_hw
+
     def token_mean(self, text_len: int, device: torch.device) -> torch.Tensor:
         """[text_len, subjects]: column j averages subject j's tag tokens. Built by comparing
         positions on the device: any tensor made from Python data would be a copy from the host."""

@@ -20,6 +20,7 @@ from PIL import Image
 
 from model.download import download_missing
 from model.generate import Generation, GenerationInputs, Stopwatch, generate
+from model.graphs import UNetGraphs, install_unet_graphs
 from model.output import OutputWriter, write_mask_image
 from model.pipeline import MissingWeightsError, Runtime, compile_blocks, img2img_from, load_pipeline, pick_runtime
 from model.plan import PLANS, Plan, plan_for
@@ -94,6 +95,10 @@ class Generator:
         self.encoder.negative()  # computed once, at setup
         self.region_config = RegionConfig()
         install_processors(self.pipe.unet, self.region_config, fuse_self_attention=settings.fuse_qkv)
+        # After the processors: a graph records the kernels of the processors installed now.
+        self.graphs: UNetGraphs | None = None
+        if settings.cuda_graphs and not settings.compile and self.runtime.device.type == "cuda":
+            self.graphs = install_unet_graphs(self.pipe.unet)
         self.output = OutputWriter(settings.output_format)
         self.last_timings: dict[str, float] = {}  # seconds per stage of the latest prediction
         self.compile_s: float | None = None

@@ -51,6 +51,9 @@ class Settings:
     # torch.compile the UNet's and the VAE's ResNet and feed-forward blocks, and generate every
     # output size once at setup so that no request pays for compilation (a longer cold boot).
     compile: bool = False
+    # On CUDA, replay each denoising step's UNet call as a CUDA graph (model/graphs.py), captured
+    # on a shape's first use: the step loop is bound by the host otherwise. Off with compile.
+    cuda_graphs: bool = True
     # Where the queue publishes how many predictions are in flight (read by scripts/drain.py).
     queue_state_file: Path = Path(tempfile.gettempdir()) / "gen4-queue.json"
 

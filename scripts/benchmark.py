@@ -4,7 +4,7 @@ measured in one run.
 
     python scripts/benchmark.py [--weights-dir DIR] [--steps 30] [--runs 5] [--entries all|1080p|E,...]
                                 [--random tiny|full] [--no-sizes] [--no-server] [--no-injection]
-                                [--injection-size WxH] [--no-turbo] [--no-compile] [--fast]
+                                [--injection-size WxH] [--no-turbo] [--no-compile] [--no-graphs] [--fast]
                                 [--out docs/benchmarks]
 
 Sizes: for each ratio-table entry, with 0 and with 3 tagged references, the warm latency (median of
@@ -12,9 +12,11 @@ Sizes: for each ratio-table entry, with 0 and with 3 tagged references, the warm
 encoding, base denoise, refine, VAE decode, resize, PNG write), the refine pass as a fraction of
 the base pass, and peak GPU memory on CUDA. References: encoding time cold (new images) and
 cached. Turbo and compile: each against the default in the same run, and what compiling adds to
-setup (GEN4_COMPILE compiles and warms every size there). Server: the same request end to end
-through the real Cog server; its overhead is, per prediction, the end-to-end time minus the
-Generator's own time in the worker (coglet's log timestamps), so that generation noise cancels.
+setup (GEN4_COMPILE compiles and warms every size there). On CUDA, the eager step loop against the
+default's CUDA graphs (GEN4_CUDA_GRAPHS), with the graphs captured and their capture time.
+Server: the same request end to end through the real Cog server; its overhead is, per
+prediction, the end-to-end time minus the Generator's own time in the worker (coglet's log
+timestamps), so that generation noise cancels.
 Injection: the same request through the loaded pipeline as diffusers' plain multi-image IP-Adapter
 and with this project's per-tag region masks, interleaved. Writes JSON and a markdown table under
 docs/benchmarks/, naming device, versions and date. Uses the real weights when the folder holds
@@ -273,12 +275,20 @@ def interleaved(runs: int, *calls: Callable[[], object]) -> list[float]:
     return [statistics.median(seconds) for seconds in times]
 
 
-def bench_variant(generator: Generator, variant: str, entry: tuple[str, str], refs: list[Path], runs: int) -> dict:
-    """GEN4_TURBO=1 or GEN4_COMPILE=1 against the default, interleaved in this process, and what
-    the variant adds to setup (compile: compiling and warming every size)."""
+def bench_variant(
+    generator: Generator,
+    variant: str,
+    entry: tuple[str, str],
+    refs: list[Path],
+    runs: int,
+    changes: dict[str, object] | None = None,
+) -> dict:
+    """A variant of the settings (`changes`, by default `variant` switched on: GEN4_TURBO=1,
+    GEN4_COMPILE=1) against the default, interleaved in this process, and what the variant adds
+    to setup (compile: compiling and warming every size). speedup = default / variant."""
     started = time.perf_counter()
     with quiet():
-        other = Generator(replace(generator.settings, **{variant: True}))
+        other = Generator(replace(generator.settings, **(changes or {variant: True})))
     setup_s = time.perf_counter() - started
     request = request_for(entry, refs)
     default_s, variant_s = interleaved(
@@ -295,6 +305,10 @@ def bench_variant(generator: Generator, variant: str, entry: tuple[str, str], re
     }
     if other.compile_s is not None:
         result["compile_and_warm_up_s"] = round(other.compile_s, 2)
+    for name, gen in (("default", generator), (variant, other)):
+        if gen.graphs is not None:  # CUDA graphs: how many this run captured, and what that cost
+            result[f"{name}_graphs_captured"] = gen.graphs.captures
+            result[f"{name}_graph_capture_s"] = round(gen.graphs.capture_s, 2)
     return result
 
 
@@ -419,7 +433,7 @@ def markdown(result: dict) -> str:
             cells += [row["refine_over_base"], row["peak_gpu_gb"]] + [row["stages_s"].get(k, "") for k in stage_names]
             lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
         lines.append("")
-    for key in ("reference_cache", "turbo", "compile", "server", "injection"):
+    for key in ("reference_cache", "turbo", "compile", "cuda_graphs", "server", "injection"):
         if result.get(key):
             lines += [f"**{key}**: " + ", ".join(f"{k} {v}" for k, v in result[key].items()), ""]
     return "\n".join(lines)
@@ -488,6 +502,7 @@ def main() -> None:
     )
     parser.add_argument("--no-turbo", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="skip GEN4_COMPILE (minutes of compiling)")
+    parser.add_argument("--no-graphs", action="store_true", help="skip the eager step loop against CUDA graphs")
     parser.add_argument(
         "--random", choices=("tiny", "full"), help="random weights when weights/ is incomplete (default: full on CUDA)"
     )
@@ -530,6 +545,9 @@ def main() -> None:
             result["turbo"] = bench_variant(generator, "turbo", entries[-1], refs, max(3, args.runs))
         if not args.no_compile:
             result["compile"] = bench_variant(generator, "compile", entries[-1], refs, max(3, args.runs))
+        if generator.graphs is not None and not args.no_graphs:
+            off = {"cuda_graphs": False}
+            result["cuda_graphs"] = bench_variant(generator, "eager", entries[-1], refs, max(3, args.runs), off)
         if not args.no_server:
             result["server"] = bench_server(generator, weights, args.steps, entries[-1], refs, max(3, args.runs))
     args.out.mkdir(parents=True, exist_ok=True)

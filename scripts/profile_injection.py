@@ -35,7 +35,8 @@ def main() -> None:
     if weights is None or missing_repos(weights):
         weights = build_random_weights("full")
     width, height = (int(v) for v in args.size.lower().split("x"))
-    generator = Generator(Settings(weights_dir=weights, steps=args.steps))
+    # Eager: the ops each step dispatches (a CUDA graph replays the same kernels in one launch).
+    generator = Generator(Settings(weights_dir=weights, steps=args.steps, cuda_graphs=False))
     cuda = generator.runtime.device.type == "cuda"
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     sort = "cuda_time_total" if cuda else "self_cpu_time_total"

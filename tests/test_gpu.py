@@ -56,6 +56,27 @@ def test_fp16_on_cuda_generates_the_exact_size_and_stays_fp16(tiny_weights: Path
 
 
 @pytest.mark.gpu
+@needs_cuda
+def test_cuda_graphs_make_the_eager_image(tiny_weights: Path, tmp_path: Path) -> None:
+    """The graphed step loop (the default on CUDA) against the eager one, on two requests with the
+    same shapes and phases (so the second replays graphs captured for the first)."""
+    common = {"weights_dir": tiny_weights, "steps": 8, "device": "cuda"}
+    eager = Generator(Settings(**common, cuda_graphs=False))
+    graphed = Generator(Settings(**common))
+    assert eager.graphs is None and graphed.graphs is not None
+    first = tagged_request(tmp_path)
+    second = Request(
+        "@man in @park, @woman's hat", "1080p", "4:3", ["park", "woman", "man"], first.reference_images[::-1], seed=2
+    )
+    for request in (first, second):
+        want = np.asarray(Image.open(eager.predict(request)), dtype=np.int16)
+        got = np.asarray(Image.open(graphed.predict(request)), dtype=np.int16)
+        assert np.abs(got - want).max() == 0
+    assert graphed.graphs.captures == 4
+    assert graphed.graphs.replays == 2 * (8 + int(8 * graphed.settings.refine_strength))
+
+
+@pytest.mark.gpu
 @pytest.mark.real_weights
 @needs_cuda
 @needs_real_weights
