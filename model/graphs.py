@@ -239,7 +239,10 @@ class UNetGraphs:
     def _capture(self, inputs: dict[str, torch.Tensor], region: RegionState | None, has_images: bool) -> Graph | None:
         """The graph of one key, over its own copies of the inputs; None if capture fails (the
         key then stays eager, and the failure is logged once)."""
-        statics = {name: tensor.clone() for name, tensor in inputs.items()}
+        # Normal tensors, not inference ones: a graph captured under generate's inference mode also
+        # serves a pipeline called under no_grad (diffusers' default), which may not write to those.
+        with torch.inference_mode(False):
+            statics = {name: tensor.clone() for name, tensor in inputs.items()}
         added: dict[str, Any] = {"text_embeds": statics["text_embeds"], "time_ids": statics["time_ids"]}
         if has_images:
             added["image_embeds"] = [statics[name] for name in statics if name.startswith("image_embeds.")]

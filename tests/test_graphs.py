@@ -21,6 +21,7 @@ from model.graphs import StepFn, UNetGraphs, install_unet_graphs, rerun
 from model.request import Request
 from model.service import Generator
 from model.settings import Settings
+from scripts.benchmark import injection_runner
 from tests.conftest import png_bytes
 
 STEPS = 8  # warm-up is 2 steps: the base pass meets all three of its phases
@@ -137,3 +138,17 @@ def test_diffusers_own_calls_are_replayed_too_and_other_calls_run_eager(graphed:
     assert graphs.captures == 1 and graphs.replays == 2
     unet(sample, 10.0, text, added_cond_kwargs=added)
     assert graphs.captures == 1 and graphs.replays == 2
+
+
+def test_graphs_made_under_inference_mode_serve_a_pipeline_called_under_no_grad(
+    graphed: tuple[Generator, UNetGraphs],
+) -> None:
+    """Predictions run under inference mode; diffusers' pipelines alone (the benchmark's plain and
+    localized runs) under no_grad, which may not write into inference tensors."""
+    generator, graphs = graphed
+    run = injection_runner(generator, steps=2, width=256, height=256)
+    with torch.inference_mode():
+        run(True)
+    captures = graphs.captures
+    run(True)
+    assert graphs.captures == captures and graphs.replays == 2 * 2
