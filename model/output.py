@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from model.png import PngEncoder
+
 # Mask colours, one per reference in request order (max 3 references; a 4th colour to spare).
 MASK_COLOURS: tuple[tuple[int, int, int], ...] = ((230, 60, 60), (60, 140, 230), (60, 190, 90), (230, 180, 40))
 
-# PNG level 1: the write is on the request's path. A 1440x1080 photo on the 2-core CI CPU: level 1
-# 126 ms and 2.43 MB, level 4 259 ms and 2.20 MB, level 6 (PIL's default) 612 ms and 2.17 MB.
+# PNG goes through model/png.py (deflate level 1 on every core: the write is on the request's path;
+# with Pillow, a 1440x1080 photo on the 2-core CI CPU took 126 ms and 2.43 MB at level 1, 259 ms and
+# 2.20 MB at level 4, 612 ms and 2.17 MB at level 6, Pillow's default).
 _SAVE_OPTIONS = {
-    "png": ("PNG", {"optimize": False, "compress_level": 1}),
     "jpg": ("JPEG", {"quality": 95}),
     "webp": ("WEBP", {"quality": 95}),
 }
@@ -35,6 +37,7 @@ class OutputWriter:
         self.output_format = output_format
         self.keep = keep
         self._dirs: deque[Path] = deque()
+        self._png = PngEncoder() if output_format == "png" else None
 
     def write(self, image: Image.Image, seed: int) -> Path:
         folder = Path(tempfile.mkdtemp(prefix="gen4-out-"))
@@ -43,8 +46,11 @@ class OutputWriter:
             shutil.rmtree(self._dirs.popleft(), ignore_errors=True)
         # Unique name: with --upload-url no prediction overwrites another's file.
         path = folder / f"gen4-{seed}-{uuid.uuid4().hex[:12]}.{self.output_format}"
-        kind, options = _SAVE_OPTIONS[self.output_format]
-        image.save(path, kind, **options)
+        if self._png is not None:
+            path.write_bytes(self._png(image))
+        else:
+            kind, options = _SAVE_OPTIONS[self.output_format]
+            image.save(path, kind, **options)
         return path
 
 

@@ -11,7 +11,8 @@ Sizes: for each ratio-table entry, with 0 and with 3 tagged references, the warm
 --runs after a warm-up), denoising steps per second, each stage's time (reference encoding, text
 encoding, base denoise, refine, VAE decode, resize, PNG write), the refine pass as a fraction of
 the base pass, and peak GPU memory on CUDA. References: encoding time cold (new images) and
-cached. Turbo and compile: each against the default in the same run, and what compiling adds to
+cached. PNG: the output's encoder (every core) against Pillow's, on a photo-like image and on
+noise of the last entry's size. Turbo and compile: each against the default in the same run, and what compiling adds to
 setup (GEN4_COMPILE compiles and warms every size there). On CUDA, the eager step loop against the
 default's CUDA graphs (GEN4_CUDA_GRAPHS), with the graphs captured and their capture time.
 Server: the same request end to end through the real Cog server; its overhead is, per
@@ -49,11 +50,13 @@ import contextlib  # noqa: E402
 import io  # noqa: E402
 
 import diffusers  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from model.plan import plan_for  # noqa: E402
+from model.png import PngEncoder  # noqa: E402
 from model.prompt import parse_prompt  # noqa: E402
 from model.regions import RegionConfig, RegionState, bind_references  # noqa: E402
 from model.request import Request  # noqa: E402
@@ -312,6 +315,45 @@ def bench_variant(
     return result
 
 
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A deterministic stand-in for a generated photograph (random weights make noise, PNG's worst
+    case): gradients and soft waves with a little grain."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    channels = [
+        128 + 60 * np.sin(x / (40 + 13 * k) + k) * np.cos(y / (55 + 7 * k)) + 40 * (x + y) / (width + height) - 20
+        for k in range(3)
+    ]
+    pixels = np.stack(channels, -1) + rng.normal(0, 2, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def bench_png(entry: tuple[str, str], runs: int) -> dict:
+    """The output's PNG encoding (model/png.py, every core) against Pillow's (one core), both at
+    deflate level 1, interleaved, on a photo-like image and on noise of the entry's size."""
+    width, height = plan_for(*entry).target
+    noise = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    encoder = PngEncoder()
+    result: dict[str, object] = {"entry": f"{entry[0]} {entry[1]}", "threads": encoder.threads}
+    for name, image in (("photo_like", photo_like(width, height)), ("noise", Image.fromarray(noise))):
+        sizes: dict[str, int] = {}
+
+        def pillow(image: Image.Image = image, sizes: dict[str, int] = sizes) -> None:
+            buffer = io.BytesIO()
+            image.save(buffer, "PNG", optimize=False, compress_level=1)
+            sizes["pillow"] = buffer.tell()
+
+        def ours(image: Image.Image = image, sizes: dict[str, int] = sizes) -> None:
+            sizes["ours"] = len(encoder(image))
+
+        pillow_s, ours_s = interleaved(runs, pillow, ours)
+        result[f"{name}_pillow_ms"] = round(pillow_s * 1000, 1)
+        result[f"{name}_ms"] = round(ours_s * 1000, 1)
+        result[f"{name}_speedup"] = round(pillow_s / ours_s, 2)
+        result[f"{name}_size_over_pillow"] = round(sizes["ours"] / sizes["pillow"], 4)
+    return result
+
+
 class OpCounter(TorchDispatchMode):
     """Counts the ATen ops the host dispatches, views left out (on a GPU, roughly one kernel
     launch each: the denoising loop is bound by the host when launching costs more than the
@@ -433,7 +475,7 @@ def markdown(result: dict) -> str:
             cells += [row["refine_over_base"], row["peak_gpu_gb"]] + [row["stages_s"].get(k, "") for k in stage_names]
             lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
         lines.append("")
-    for key in ("reference_cache", "turbo", "compile", "cuda_graphs", "server", "injection"):
+    for key in ("reference_cache", "png", "turbo", "compile", "cuda_graphs", "server", "injection"):
         if result.get(key):
             lines += [f"**{key}**: " + ", ".join(f"{k} {v}" for k, v in result[key].items()), ""]
     return "\n".join(lines)
@@ -535,6 +577,7 @@ def main() -> None:
             "setup_s": round(setup_s, 2),
             "sizes": sizes,
             "reference_cache": bench_reference_cache(generator, max(3, args.runs)),
+            "png": bench_png(entries[-1], max(7, args.runs)),
         }
         if not args.no_injection:
             width, height = plan_for(*entries[-1]).base

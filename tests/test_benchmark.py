@@ -27,6 +27,9 @@ def test_fast_benchmark_writes_results(tiny_weights: Path, tmp_path: Path) -> No
     refined = [row for row in result["sizes"] if row["entry"] == "1080p 4:3"]
     assert all(row["refine_over_base"] > 0 and row["stages_s"]["refine"] > 0 for row in refined)
     assert result["reference_cache"]["cached_s"] < result["reference_cache"]["cold_s"]
+    png = result["png"]  # sizes are exact; the times are only checked to be there
+    assert png["entry"] == "1080p 4:3" and png["noise_size_over_pillow"] <= 1.001
+    assert png["photo_like_size_over_pillow"] <= 1.02 and png["photo_like_ms"] > 0
     assert "| 1080p 4:3 | 1440x1080 | 3 |" in (tmp_path / "benchmark-tiny-cpu.md").read_text()
 
 
