@@ -23,6 +23,7 @@ from model.pipeline import Runtime
 from model.plan import Plan, cover_box, refine_steps
 from model.references import Encoded
 from model.regions import Binding, RegionConfig, RegionState
+from model.resize import cover_resize
 from model.text import TextEmbeds
 
 StepCallback = Callable[[int, int], None]
@@ -91,8 +92,16 @@ def set_vae_tiling(vae: AutoencoderKL, on: bool) -> None:
 def decode(
     vae: AutoencoderKL, processor: VaeImageProcessor, latents: torch.Tensor, tiling: str
 ) -> tuple[Image.Image, bool]:
-    """Latents to an image, in the VAE's own dtype: the fp16-fix VAE needs no fp32 upcast. With
-    tiling "auto", a decode that runs out of memory is retried in tiles (2 MP on a small card)."""
+    """Latents to an image (see decode_pixels)."""
+    pixels, tiled = decode_pixels(vae, latents, tiling)
+    return to_pil(processor, pixels), tiled
+
+
+@torch.inference_mode()
+def decode_pixels(vae: AutoencoderKL, latents: torch.Tensor, tiling: str) -> tuple[torch.Tensor, bool]:
+    """Latents to the VAE's pixels in [-1, 1] on its device, in the VAE's own dtype: the fp16-fix
+    VAE needs no fp32 upcast. With tiling "auto", a decode that runs out of memory is retried in
+    tiles (2 MP on a small card)."""
     config = vae.config
     if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
         mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(latents)
@@ -116,7 +125,7 @@ def decode(
             pixels = vae.decode(latents, return_dict=False)[0]
     finally:
         set_vae_tiling(vae, tiling == "always")
-    return to_pil(processor, pixels), tiled
+    return pixels, tiled
 
 
 def to_pil(processor: VaeImageProcessor, pixels: torch.Tensor) -> Image.Image:
@@ -135,6 +144,19 @@ def resample(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.resize(resized, Image.Resampling.LANCZOS).crop(box)
 
 
+def upscale(
+    processor: VaeImageProcessor, pixels: torch.Tensor, size: tuple[int, int], on_device: bool
+) -> Image.Image | torch.Tensor:
+    """The decoded base brought to cover `size` and cropped to it, for the refine pass: on the
+    pixels' device ([1, 3, h, w] in [0, 1], which diffusers' img2img takes as is), or through
+    Pillow. On a GPU the device saves the host's work (the 8-bit copy back, Pillow's Lanczos, and
+    img2img's conversion of the picture into a float tensor again: ~60 ms on this project's CPU);
+    on a CPU, Pillow's integer Lanczos is the faster (42 ms against 235 ms at 1440x1080 here)."""
+    if on_device:
+        return cover_resize(processor.postprocess(pixels[:1], output_type="pt"), size)
+    return resample(to_pil(processor, pixels), size)
+
+
 def img2img_steps(steps: int, strength: float) -> int:
     """The num_inference_steps to give diffusers' img2img so that it runs int(steps * strength)
     steps, and at least one (it refuses zero)."""
@@ -149,8 +171,10 @@ def generate(
     runtime: Runtime,
     clock: Stopwatch,
     on_step: StepCallback | None = None,
+    upscale_on_device: bool | None = None,
 ) -> Generation:
-    """Denoise and decode one image of exactly the plan's target size."""
+    """Denoise and decode one image of exactly the plan's target size. The refine pass's upscale
+    runs on the device on CUDA, through Pillow on a CPU, unless `upscale_on_device` says."""
     plan = inputs.plan
     # 1. Shared pipeline state, set on every request so that no request inherits another's.
     #    Scale 0 with no reference: the adapter is then skipped entirely (the region state still
@@ -199,17 +223,19 @@ def generate(
             width=bw, height=bh, original_size=(bh, bw), target_size=(bh, bw), **pass_kwargs(base_region, inputs.steps)
         ).images
     with clock.stage("vae decode"):
-        base, tiled = decode(pipe.vae, pipe.image_processor, latents, inputs.vae_tiling)
+        pixels, tiled = decode_pixels(pipe.vae, latents, inputs.vae_tiling)
     if not plan.refine:
-        # 3a. Smaller target: a high-quality downscale is all it needs.
+        # 3a. Smaller target: a high-quality downscale of the 8-bit image is all it needs.
         with clock.stage("resize"):
-            image = resample(base, plan.target)
+            image = resample(to_pil(pipe.image_processor, pixels), plan.target)
         return Generation(image=image, regions=[base_region], tiled_decode=tiled)
 
     # 3b. Larger target: upscale, then re-denoise lightly at the exact size with the same text,
     #     references and the base pass's tag masks (the layout is settled, so no warm-up).
+    if upscale_on_device is None:
+        upscale_on_device = runtime.device.type == "cuda"
     with clock.stage("resize"):
-        upscaled = resample(base, plan.target)
+        upscaled = upscale(pipe.image_processor, pixels, plan.target, upscale_on_device)
     steps = refine_steps(inputs.steps, inputs.refine_strength)
     refine_region = RegionState.carried(base_region, latent_hw=(th // scale, tw // scale), steps=steps)
     with clock.stage("refine"):
