@@ -53,12 +53,37 @@ class WebhookReceiver:
             time.sleep(0.2)
         raise TimeoutError(f"no webhook with status in {statuses}; got {[e.get('status') for e in self.events]}")
 
+    def wait_for_log(self, prediction_id: str, line: str, timeout: float = 120) -> dict:
+        """The first webhook of the prediction whose logs hold `line` (Cog posts log updates too)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in list(self.events):
+                if event.get("id") == prediction_id and line in (event.get("logs") or ""):
+                    return event
+            time.sleep(0.05)
+        logs = [e.get("logs") for e in self.events if e.get("id") == prediction_id]
+        raise TimeoutError(f"no webhook of {prediction_id} logged {line!r}; its logs: {logs}")
+
 
 @pytest.fixture(scope="module")
 def webhook() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
     yield receiver
     receiver.server.shutdown()
+
+
+def server_log(path: Path, prediction_id: str) -> list[dict]:
+    """The events coglet logged for one prediction, from the server's JSON log: what the worker
+    said and when, as soon as it said it."""
+    events = (json.loads(line) for line in path.read_text().splitlines() if line.startswith("{"))
+    return [e for e in events if e.get("fields", {}).get("prediction_id") == prediction_id]
+
+
+def wait_for_server_log(path: Path, prediction_id: str, message: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(e["fields"].get("message") == message for e in server_log(path, prediction_id)):
+        assert time.monotonic() < deadline, f"{prediction_id} never logged {message!r}"
+        time.sleep(0.05)
 
 
 def wait_in_flight(state_file: Path, count: int, timeout: float = 60) -> None:
@@ -207,9 +232,14 @@ def test_cancel_a_queued_prediction(cog_server: CogServer, webhook: WebhookRecei
     for k, name in enumerate(names):
         assert submit(cog_server, webhook, name, inputs).status_code == 202
         wait_in_flight(queue_state_file, k + 1)  # in this order (see the burst test)
-    # Cancel once it is in the queue, which the wait above ensures. (A cancel within milliseconds of
-    # the submission can reach coglet 0.23.1 before its worker has registered the prediction, and is
-    # then not applied.)
+    # Cancel once it waits in line, which its "Waiting for the GPU" log line shows: the queue count
+    # above rises on arrival, before the request is validated and takes its place (a cancel during
+    # validation leaves no waiting line in the logs: CI saw that once). The line is read from the
+    # server's own log, because coglet 0.23.1 holds a log line's webhook back until the next line
+    # (here: until the prediction starts). Waiting for it also keeps the cancel away from the first
+    # milliseconds after submission, which can reach coglet before its worker has registered the
+    # prediction, and is then not applied.
+    wait_for_server_log(queue_state_file.parent / "server.log", names[2], "Waiting for the GPU: 2 prediction(s) ahead")
     cancel = requests.post(f"{cog_server.url}/predictions/{names[2]}/cancel", timeout=30)
     assert cancel.status_code == 200, cancel.text
     third = webhook.wait_for(names[2], {"canceled", "succeeded", "failed"}, timeout=300)
