@@ -542,6 +542,9 @@ def main() -> None:
     parser.add_argument(
         "--injection-size", help="WxH of the injection comparison (default: the last entry's base size)"
     )
+    parser.add_argument(
+        "--injection-runs", type=int, help="interleaved runs of the injection comparison (default: runs, at least 3)"
+    )
     parser.add_argument("--no-turbo", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="skip GEN4_COMPILE (minutes of compiling)")
     parser.add_argument("--no-graphs", action="store_true", help="skip the eager step loop against CUDA graphs")
@@ -583,7 +586,8 @@ def main() -> None:
             width, height = plan_for(*entries[-1]).base
             if args.injection_size:
                 width, height = (int(v) for v in args.injection_size.lower().split("x"))
-            result["injection"] = bench_injection(generator, args.steps, max(3, args.runs), width, height)
+            runs = args.injection_runs or max(3, args.runs)
+            result["injection"] = bench_injection(generator, args.steps, runs, width, height)
         if not args.no_turbo and not missing_repos(weights, turbo=True):
             result["turbo"] = bench_variant(generator, "turbo", entries[-1], refs, max(3, args.runs))
         if not args.no_compile:
