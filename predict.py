@@ -7,10 +7,16 @@ generations one at a time, first in first out, instead of answering 409.
 
 from cog import BaseRunner, Input, Path
 
-from model.queue import GenerationQueue
-from model.request import Request
-from model.service import Generator
-from model.tables import (
+from model.prefetch import prefetch_weights
+
+# Before the heavy imports below (torch, diffusers: seconds), so that a cold start reads the
+# weights from disk meanwhile (model/prefetch.py).
+prefetch_weights()
+
+from model.queue import GenerationQueue  # noqa: E402
+from model.request import Request  # noqa: E402
+from model.service import Generator  # noqa: E402
+from model.tables import (  # noqa: E402
     ASPECT_RATIOS,
     DEFAULT_ASPECT_RATIO,
     DEFAULT_RESOLUTION,

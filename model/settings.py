@@ -54,6 +54,9 @@ class Settings:
     # On CUDA, replay each denoising step's UNet call as a CUDA graph (model/graphs.py), captured
     # on a shape's first use: the step loop is bound by the host otherwise. Off with compile.
     cuda_graphs: bool = True
+    # While the server's worker imports torch and diffusers, read the weight files in a thread so
+    # that a cold start's load finds them in the page cache (model/prefetch.py).
+    prefetch: bool = True
     # Where the queue publishes how many predictions are in flight (read by scripts/drain.py).
     queue_state_file: Path = Path(tempfile.gettempdir()) / "gen4-queue.json"
 

@@ -83,6 +83,17 @@ TINY_MARKER = "TINY_RANDOM_WEIGHTS"
 FULL_RANDOM_MARKER = "FULL_SIZE_RANDOM_WEIGHTS"
 
 
+def weight_files(weights_dir: Path, turbo: bool = False) -> list[Path]:
+    """The tensor files a server loads from the weights folder (those present), largest first."""
+    files = [
+        weights_dir / repo.folder / pattern
+        for repo in required_repos(turbo)
+        for pattern in repo.allow_patterns
+        if pattern.endswith(".safetensors") and (weights_dir / repo.folder / pattern).is_file()
+    ]
+    return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
+
+
 def missing_repos(weights_dir: Path, turbo: bool = False) -> list[WeightsRepo]:
     """The required repositories whose marker file is absent from the weights folder."""
     return [r for r in required_repos(turbo) if not (weights_dir / r.folder / r.marker).is_file()]
