@@ -16,6 +16,7 @@ from model.weights import weight_files
 
 log = logging.getLogger(__name__)
 CHUNK = 8 << 20  # large sequential reads: the disk's best pattern
+THREAD_NAME = "gen4-prefetch"
 
 
 def read_files(files: list[Path]) -> int:
@@ -44,6 +45,6 @@ def prefetch_weights() -> threading.Thread | None:
     files = weight_files(settings.weights_dir, settings.turbo)
     if not files:
         return None
-    thread = threading.Thread(target=read_files, args=(files,), name="gen4-prefetch", daemon=True)
+    thread = threading.Thread(target=read_files, args=(files,), name=THREAD_NAME, daemon=True)
     thread.start()
     return thread

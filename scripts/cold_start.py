@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 MODES = ("none", "read", "fadvise")
 
-from model.prefetch import read_files  # noqa: E402 - pure: no torch
+from model.prefetch import THREAD_NAME, read_files  # noqa: E402 - pure: no torch
 from model.weights import weight_files  # noqa: E402
 
 
@@ -62,7 +62,7 @@ def child(mode: str, weights_dir: Path, device: str) -> dict:
         "import_s": round(imported - started, 2),
         "load_s": round(loaded - imported, 2),
         "total_s": round(loaded - started, 2),
-        "prefetch_finished_first": not any(t.name == "gen4-prefetch" for t in threading.enumerate()),
+        "prefetch_finished_first": not any(t.name == THREAD_NAME for t in threading.enumerate()),
     }
 
 
@@ -77,10 +77,10 @@ def drop_page_cache() -> None:
 def one_run(mode: str, args: argparse.Namespace, cold: bool) -> dict:
     if cold:
         drop_page_cache()
-    command = [sys.executable, __file__, "--child", mode, "--weights-dir", str(args.weights_dir)]
+    command = [sys.executable, __file__, "--child", mode, "--device", args.device]
+    command += ["--weights-dir", str(args.weights_dir)]
     env = {**os.environ, "WEIGHTS_DIR": str(args.weights_dir), "GEN4_PREFETCH": "1" if mode == "read" else "0"}
-    done = subprocess.run([*command, "--device", args.device], capture_output=True, text=True, check=True, env=env)
-    out = done.stdout
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     return {**json.loads(out.strip().splitlines()[-1]), "cold": cold}
 
 

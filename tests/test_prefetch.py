@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from model.prefetch import prefetch_weights, read_files
+from model.prefetch import THREAD_NAME, prefetch_weights, read_files
 from model.weights import IP_ADAPTER, SDXL_BASE, SDXL_LIGHTNING, required_repos, weight_files
 
 
@@ -52,7 +52,7 @@ def test_prefetch_reads_the_configured_folder_in_a_daemon_thread(
     monkeypatch.setenv("WEIGHTS_DIR", str(tmp_path))
     monkeypatch.delenv("GEN4_PREFETCH", raising=False)
     thread = prefetch_weights()
-    assert thread is not None and thread.daemon and thread.name == "gen4-prefetch"
+    assert thread is not None and thread.daemon and thread.name == THREAD_NAME
     thread.join(timeout=30)
     assert not thread.is_alive()
 
