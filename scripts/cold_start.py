@@ -97,10 +97,11 @@ def main() -> None:
         print(json.dumps(child(args.child, args.weights_dir, args.device)))
         return
     modes = args.modes.split(",")
-    size_gb = sum(p.stat().st_size for p in weight_files(args.weights_dir)) / 1e9
+    files = weight_files(args.weights_dir)
+    size_gb = sum(p.stat().st_size for p in files) / 1e9
     drop_page_cache()
     started = time.perf_counter()
-    read_files(weight_files(args.weights_dir))
+    read_files(files)
     sequential_read_s = time.perf_counter() - started
     runs = [one_run(mode, args, cold=True) for _ in range(args.runs) for mode in modes]
     runs += [one_run(mode, args, cold=False) for mode in modes]

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -44,23 +44,27 @@ class WebhookReceiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def wait_for(self, prediction_id: str, statuses: set[str], timeout: float = 120) -> dict:
+    def first(self, prediction_id: str, matches: Callable[[dict], bool], timeout: float, poll: float) -> dict | None:
+        """The first webhook of the prediction that `matches`, waiting up to `timeout`; else None."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for event in list(self.events):
-                if event.get("id") == prediction_id and event.get("status") in statuses:
+                if event.get("id") == prediction_id and matches(event):
                     return event
-            time.sleep(0.2)
-        raise TimeoutError(f"no webhook with status in {statuses}; got {[e.get('status') for e in self.events]}")
+            time.sleep(poll)
+        return None
+
+    def wait_for(self, prediction_id: str, statuses: set[str], timeout: float = 120) -> dict:
+        event = self.first(prediction_id, lambda e: e.get("status") in statuses, timeout, poll=0.2)
+        if event is None:
+            raise TimeoutError(f"no webhook with status in {statuses}; got {[e.get('status') for e in self.events]}")
+        return event
 
     def wait_for_log(self, prediction_id: str, line: str, timeout: float = 120) -> dict:
         """The first webhook of the prediction whose logs hold `line` (Cog posts log updates too)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in list(self.events):
-                if event.get("id") == prediction_id and line in (event.get("logs") or ""):
-                    return event
-            time.sleep(0.05)
+        event = self.first(prediction_id, lambda e: line in (e.get("logs") or ""), timeout, poll=0.05)
+        if event is not None:
+            return event
         logs = [e.get("logs") for e in self.events if e.get("id") == prediction_id]
         raise TimeoutError(f"no webhook of {prediction_id} logged {line!r}; its logs: {logs}")
 
