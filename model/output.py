@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
+import weakref
 from collections import deque
 from pathlib import Path
 
@@ -30,17 +31,22 @@ class OutputWriter:
 
     Cog reads the returned file after run() returns, while queued predictions may already be
     generating: the last `keep` outputs stay (more than the queue holds), older ones go, so nothing
-    piles up in the temporary folder over a long-running server.
+    piles up in the temporary folder over a long-running server. All of them live under one folder
+    of this writer's, removed when the process exits, so that restarts leave nothing behind either.
     """
 
     def __init__(self, output_format: str, keep: int = 8) -> None:
         self.output_format = output_format
         self.keep = keep
+        self.root = Path(tempfile.mkdtemp(prefix="gen4-out-"))
+        # The writer owns its files: they go with it, when it is closed or collected, or at the
+        # latest at interpreter exit (atexit, which coglet's worker runs when the server stops).
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.root, ignore_errors=True)
         self._dirs: deque[Path] = deque()
         self._png = PngEncoder() if output_format == "png" else None
 
     def write(self, image: Image.Image, seed: int) -> Path:
-        folder = Path(tempfile.mkdtemp(prefix="gen4-out-"))
+        folder = Path(tempfile.mkdtemp(prefix="prediction-", dir=self.root))
         self._dirs.append(folder)
         while len(self._dirs) > self.keep:
             shutil.rmtree(self._dirs.popleft(), ignore_errors=True)
@@ -52,6 +58,10 @@ class OutputWriter:
             kind, options = _SAVE_OPTIONS[self.output_format]
             image.save(path, kind, **options)
         return path
+
+    def close(self) -> None:
+        """Remove every output this writer wrote."""
+        self._cleanup()
 
 
 def write_mask_image(image: Image.Image, masks: np.ndarray, labels: list[str], path: Path) -> Path:

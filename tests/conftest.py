@@ -66,11 +66,15 @@ def queue_state_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def cog_server(tiny_weights: Path, queue_state_file: Path) -> Iterator[CogServer]:
     folder = queue_state_file.parent
+    tmp = folder / "tmp"  # the server's TMPDIR, to see what it leaves behind
+    tmp.mkdir()
     with open(folder / "server.log", "w") as log:
-        env = {"GEN4_STEPS": "2", "GEN4_QUEUE_STATE_FILE": str(queue_state_file), **OFFLINE_ENV}
+        env = {"GEN4_STEPS": "2", "GEN4_QUEUE_STATE_FILE": str(queue_state_file), "TMPDIR": str(tmp), **OFFLINE_ENV}
         server = CogServer(tiny_weights, log=log, extra_env=env)
         try:
             server.wait_ready(timeout=300)
             yield server
         finally:
             server.stop()
+    # Every output the server wrote (dozens over the session) goes when it stops.
+    assert not list(tmp.glob("gen4-out-*")), f"the stopped server left its outputs in {tmp}"

@@ -4,8 +4,10 @@ Pillow to the very pixels written, at Pillow's size."""
 from __future__ import annotations
 
 import io
+import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,7 +102,22 @@ def test_other_modes_are_refused_by_name() -> None:
 
 def test_output_writer_writes_png_that_reads_back() -> None:
     image = photo_like(960, 720, seed=3)
-    path = OutputWriter("png").write(image, seed=7)
+    writer = OutputWriter("png")
+    path = writer.write(image, seed=7)
     assert path.suffix == ".png"
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     np.testing.assert_array_equal(decoded(path.read_bytes()), np.asarray(image))
+    writer.close()
+
+
+def test_output_writer_keeps_the_last_outputs_and_removes_all_when_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    writer = OutputWriter("png", keep=2)
+    paths = [writer.write(Image.new("RGB", (8, 8), (k, 0, 0)), seed=k) for k in range(3)]
+    assert len({p.parent for p in paths}) == 3, "each output has a folder of its own"
+    assert [p.exists() for p in paths] == [False, True, True]
+    assert list(tmp_path.iterdir()) == [writer.root]
+    writer.close()
+    assert list(tmp_path.iterdir()) == []
