@@ -14,6 +14,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from diffusers.models import attention_processor
+from diffusers.models.attention import AttentionMixin
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from PIL import Image
@@ -22,6 +23,7 @@ from model.generate import decode, to_pil
 from model.pipeline import (
     MissingWeightsError,
     ProjectionOncePerPass,
+    UNet,
     attention_forward,
     attention_modules,
     check_weights,
@@ -32,7 +34,15 @@ from model.request import Request
 from model.service import Generator
 from model.settings import Settings
 from model.tables import OUTPUT_SIZES
-from model.weights import ALL_REPOS, SDXL_VAE_FP16_FIX
+from model.weights import (
+    ALL_REPOS,
+    IMAGE_ENCODER_SUBFOLDER,
+    IP_ADAPTER,
+    IP_ADAPTER_SUBFOLDER,
+    IP_ADAPTER_WEIGHT,
+    SDXL_BASE,
+    SDXL_VAE_FP16_FIX,
+)
 from scripts.host_overhead import device_looked_up, text_projected_every_step
 from tests.conftest import png_bytes
 
@@ -219,6 +229,37 @@ def test_fp16_setup_is_fp16_throughout_and_the_vae_never_upcasts(tiny_weights: P
     leaks = half_precision_leaks(generator, torch.float16)
     assert not leaks, leaks[:5]
     assert generator.pipe.vae.config.force_upcast is False
+
+
+def test_ip_adapter_loads_with_one_walk_over_the_unet_into_diffusers_processors(
+    tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our UNet's IP-Adapter loading reads the processors once, where diffusers' reads them once per
+    processor, and ends with the same processors, weight for weight."""
+    walks: list[int] = []
+    walk = AttentionMixin.attn_processors.fget
+    monkeypatch.setattr(AttentionMixin, "attn_processors", property(lambda self: walks.append(1) or walk(self)))
+    base = tiny_weights / SDXL_BASE.folder
+    adapter = {
+        "subfolder": IP_ADAPTER_SUBFOLDER,
+        "weight_name": IP_ADAPTER_WEIGHT,
+        "image_encoder_folder": IMAGE_ENCODER_SUBFOLDER,
+    }
+    loaded = {}
+    for kind in ("ours", "diffusers"):
+        files = {"variant": "fp16", "use_safetensors": True}
+        ours = {"unet": UNet.from_pretrained(base, subfolder="unet", **files)} if kind == "ours" else {}
+        pipe = StableDiffusionXLPipeline.from_pretrained(base, **files, **ours)
+        walks.clear()
+        pipe.load_ip_adapter(str(tiny_weights / IP_ADAPTER.folder), **adapter)
+        loaded[kind] = (len(walks), pipe.unet.attn_processors)
+    (our_walks, ours), (their_walks, theirs) = loaded["ours"], loaded["diffusers"]
+    cross = [name for name in theirs if name.endswith("attn2.processor")]
+    assert their_walks > len(cross) and our_walks <= 3, (our_walks, their_walks)
+    assert {n: type(p) for n, p in ours.items()} == {n: type(p) for n, p in theirs.items()}
+    for name in cross:
+        for key, tensor in theirs[name].state_dict().items():
+            torch.testing.assert_close(ours[name].state_dict()[key], tensor, rtol=0, atol=0)
 
 
 def test_a_half_precision_runtime_generates_end_to_end(tiny_weights: Path, tmp_path: Path) -> None:
