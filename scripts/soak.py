@@ -10,7 +10,9 @@ After the warm-up (long enough for every size to recur and the text cache, 32 pr
 it runs --n more and compares: resident memory of the server's process tree, the median of the
 first 10 samples against the median of the last 10 (at most 5% growth; medians, so that one
 transient peak does not decide), the reference cache (never above its bound), and the files under
-TMPDIR (no pile-up). Exit status 0 when all hold.
+TMPDIR (no pile-up while it runs, none left once it stops). Exit status 0 when all hold; its
+working folder (TMPDIR, the queue's state, the server's log unless `soak()` is given another file) is
+removed when the soak passed, and kept for a look (`work_dir` in the report) when it did not.
 
 The server runs with cog.yaml's environment plus a fixed glibc mmap threshold (MMAP_THRESHOLD):
 glibc otherwise raises its threshold to the size of each large block it frees, so that freed
@@ -28,6 +30,7 @@ import base64
 import io
 import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -62,10 +65,12 @@ class Report:
     reference_cache_capacity: int
     files_after_warmup: int
     files_end: int
+    files_after_stop: int
     failures: int
     seconds: float
     passed: bool
     problems: list[str]
+    work_dir: str | None  # the kept working folder; None once removed
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -144,6 +149,7 @@ def soak(n: int, warmup: int, weights_dir: Path, steps: int = 2, log: Path | Non
             cache = json.loads(state.read_text())
         finally:
             server.stop()
+    files_left = count_files(tmp)
     window = max(1, min(10, len(samples) // 3))
     rss0, rss1 = statistics.median(samples[:window]), statistics.median(samples[-window:])
     growth = rss1 / rss0 - 1
@@ -156,6 +162,10 @@ def soak(n: int, warmup: int, weights_dir: Path, steps: int = 2, log: Path | Non
         problems.append(f"reference cache holds {cache['reference_cache']} > {cache['reference_cache_capacity']}")
     if files1 > files0 + FILE_SLACK:
         problems.append(f"temporary files piled up: {files0} after the warm-up, {files1} at the end")
+    if files_left:
+        problems.append(f"the stopped server left {files_left} file(s) in its TMPDIR {tmp}")
+    if not problems:
+        shutil.rmtree(work, ignore_errors=True)
     return Report(
         predictions=n,
         warmup=warmup,
@@ -166,10 +176,12 @@ def soak(n: int, warmup: int, weights_dir: Path, steps: int = 2, log: Path | Non
         reference_cache_capacity=cache["reference_cache_capacity"],
         files_after_warmup=files0,
         files_end=files1,
+        files_after_stop=files_left,
         failures=failures,
         seconds=time.perf_counter() - started,
         passed=not problems,
         problems=problems,
+        work_dir=None if not problems else str(work),
     )
 
 

@@ -18,4 +18,6 @@ def test_short_soak_keeps_memory_cache_and_temp_files_flat(tiny_weights: Path, t
     assert report.failures == 0
     # 30 never-seen references (plus one repeated) through a cache of 4: it evicted and stayed bounded.
     assert report.reference_cache == report.reference_cache_capacity == CACHE_SIZE
+    assert report.files_after_stop == 0, "the stopped server left files in its TMPDIR"
     assert report.passed, report.problems
+    assert report.work_dir is None, "a passed soak removes its working folder"
