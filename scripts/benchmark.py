@@ -224,7 +224,9 @@ def bench_server(
     with tempfile.TemporaryDirectory() as folder:
         log_path = Path(folder) / "server.log"
         with open(log_path, "w") as server_log:
-            server = CogServer(weights, log=server_log, extra_env={"GEN4_STEPS": str(steps)})
+            # Its own queue state file: a server already running on this machine keeps its own.
+            env = {"GEN4_STEPS": str(steps), "GEN4_QUEUE_STATE_FILE": str(Path(folder) / "queue.json")}
+            server = CogServer(weights, log=server_log, extra_env=env)
             try:
                 setup_started = time.perf_counter()
                 server.wait_ready(timeout=900)

@@ -49,7 +49,8 @@ def receiver() -> Iterator[UploadReceiver]:
 
 def test_each_prediction_uploads_its_own_file(tiny_weights: Path, tmp_path: Path, receiver: UploadReceiver) -> None:
     with open(tmp_path / "server.log", "w") as log:
-        server = CogServer(tiny_weights, log=log, extra_env={"GEN4_STEPS": "1", **OFFLINE_ENV}, upload_url=receiver.url)
+        env = {"GEN4_STEPS": "1", "GEN4_QUEUE_STATE_FILE": str(tmp_path / "queue.json"), **OFFLINE_ENV}
+        server = CogServer(tiny_weights, log=log, extra_env=env, upload_url=receiver.url)
         try:
             server.wait_ready(timeout=300)
             # The same request three times (same seed: same pixels) and one other.
