@@ -245,11 +245,11 @@ def test_ip_adapter_loads_with_one_walk_over_the_unet_into_diffusers_processors(
         "weight_name": IP_ADAPTER_WEIGHT,
         "image_encoder_folder": IMAGE_ENCODER_SUBFOLDER,
     }
+    files = {"variant": "fp16", "use_safetensors": True}
     loaded = {}
     for kind in ("ours", "diffusers"):
-        files = {"variant": "fp16", "use_safetensors": True}
-        ours = {"unet": UNet.from_pretrained(base, subfolder="unet", **files)} if kind == "ours" else {}
-        pipe = StableDiffusionXLPipeline.from_pretrained(base, **files, **ours)
+        unet = {"unet": UNet.from_pretrained(base, subfolder="unet", **files)} if kind == "ours" else {}
+        pipe = StableDiffusionXLPipeline.from_pretrained(base, **files, **unet)
         walks.clear()
         pipe.load_ip_adapter(str(tiny_weights / IP_ADAPTER.folder), **adapter)
         loaded[kind] = (len(walks), pipe.unet.attn_processors)
