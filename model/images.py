@@ -1,4 +1,5 @@
-"""Decode one reference image safely: refuse local files, bombs and broken data; return upright RGB.
+"""Decode one reference image safely: refuse local files, bombs and broken data; return upright RGB,
+reduced to about what the image encoder reads.
 
 Pure image logic (PIL), no torch.
 """
@@ -11,13 +12,14 @@ import urllib.parse
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from model.errors import InputError, show
 from model.tables import (
     MAX_REFERENCE_PIXELS,
     MIN_REFERENCE_SIDE,
     REFERENCE_ASPECT_RANGE,
+    REFERENCE_DECODE_SIDE,
     REFERENCE_SCHEMES,
 )
 
@@ -50,6 +52,10 @@ def check_source(item: object, field: str) -> pathlib.Path:
     return pathlib.Path(os.fspath(item))
 
 
+# EXIF orientations whose upright image swaps width and height (transpose, rotate 90 or 270).
+TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB; transparency is laid on white, 16-bit is scaled, not clipped."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -65,33 +71,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_reference(path: pathlib.Path, field: str) -> Image.Image:
-    """Open, check and decode a reference file into an upright RGB image."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            width, height = image.size
-            # Check the declared size before decoding a single pixel.
-            if width * height > MAX_REFERENCE_PIXELS:
-                raise InputError(
-                    field,
-                    f"image is {width}x{height} pixels; at most {MAX_REFERENCE_PIXELS:,} pixels are accepted",
-                )
-            image.seek(0)  # animated images: the first frame
-            image.load()
-            image = ImageOps.exif_transpose(image)  # phone photos: upright before use
-    except InputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(
-            field, f"image declares too many pixels ({exc}); at most {MAX_REFERENCE_PIXELS:,} are accepted"
-        ) from None
-    except UnidentifiedImageError:
-        raise InputError(field, "is not a decodable image (PNG, JPEG, WebP, GIF, ...)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InputError(field, f"image could not be decoded ({exc})") from None
-    width, height = image.size
+def check_size(width: int, height: int, field: str) -> None:
+    """A reference's upright size against the side and aspect rules."""
     if min(width, height) < MIN_REFERENCE_SIDE:
         raise InputError(
             field,
@@ -105,4 +86,46 @@ def decode_reference(path: pathlib.Path, field: str) -> Image.Image:
             f"aspect ratio {ratio:.2f} ({width}x{height}) is outside the allowed range "
             f"{low} to {high} (width / height)",
         )
-    return to_rgb(image)
+
+
+def reduce_to(image: Image.Image, side: int) -> Image.Image:
+    """Box-reduce by the largest integer factor that keeps the shortest side at least `side`."""
+    factor = min(image.size) // side
+    return image.reduce(factor) if factor >= 2 else image
+
+
+def decode_reference(path: pathlib.Path, field: str, side: int | None = REFERENCE_DECODE_SIDE) -> Image.Image:
+    """Open, check and decode a reference file into an upright RGB image whose shortest side is
+    `side` to twice that (smaller images stay as they are; None: full size)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            width, height = image.size
+            # Check the declared size before decoding a single pixel.
+            if width * height > MAX_REFERENCE_PIXELS:
+                raise InputError(
+                    field,
+                    f"image is {width}x{height} pixels; at most {MAX_REFERENCE_PIXELS:,} pixels are accepted",
+                )
+            image.seek(0)  # animated images: the first frame
+            # The rules read the size the user sees: upright, as declared (not as reduced below).
+            if image.getexif().get(ExifTags.Base.Orientation, 1) in TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+            check_size(width, height, field)
+            if side is not None:
+                image.draft(None, (side, side))  # a JPEG decodes at 1/2, 1/4 or 1/8 scale; others: no-op
+            image.load()
+            image = ImageOps.exif_transpose(image)  # phone photos: upright before use
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(
+            field, f"image declares too many pixels ({exc}); at most {MAX_REFERENCE_PIXELS:,} are accepted"
+        ) from None
+    except UnidentifiedImageError:
+        raise InputError(field, "is not a decodable image (PNG, JPEG, WebP, GIF, ...)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError(field, f"image could not be decoded ({exc})") from None
+    image = to_rgb(image)
+    return image if side is None else reduce_to(image, side)

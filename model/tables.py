@@ -47,6 +47,13 @@ MIN_REFERENCE_SIDE = 32
 # Largest decoded reference, in pixels: guards against decompression bombs (a few-KB PNG that
 # declares 30000x30000 pixels). 40 MP admits any camera photo.
 MAX_REFERENCE_PIXELS = 40_000_000
+# References are decoded down to about this shortest side (at least this, below twice this): the
+# image encoder reads 224x224 (h94's ViT-H, resized by its CLIPImageProcessor), and a 12 MP phone
+# photo decoded in full costs the host about 10x more (decode, hash, resize). JPEGs decode at a
+# reduced DCT scale, other formats are box-reduced by an integer factor: Pillow's own two-step
+# resize (`reducing_gap`), which leaves 3x the target to the final resize so that the result is
+# indistinguishable from resizing the full image (tests/test_images.py measures it).
+REFERENCE_DECODE_SIDE = 3 * 224
 # Runway's API accepts seeds 0..4294967295 (32-bit unsigned).
 SEED_RANGE: tuple[int, int] = (0, 4_294_967_295)
 # Schemes a reference image may arrive with. Cog downloads these before run(); any other string

@@ -3,7 +3,7 @@ overhead, and the cost of tag-localized injection against plain multi-image IP-A
 measured in one run.
 
     python scripts/benchmark.py [--weights-dir DIR] [--steps 30] [--runs 5] [--entries all|1080p|E,...]
-                                [--random tiny|full] [--no-sizes] [--no-server] [--no-injection]
+                                [--random tiny|full] [--no-sizes] [--no-server] [--no-injection] [--no-reference-decode]
                                 [--injection-size WxH] [--no-turbo] [--no-compile] [--no-graphs] [--fast]
                                 [--out docs/benchmarks]
 
@@ -11,9 +11,11 @@ Sizes: for each ratio-table entry, with 0 and with 3 tagged references, the warm
 --runs after a warm-up), denoising steps per second, each stage's time (reference encoding, text
 encoding, base denoise, refine, VAE decode, resize, PNG write), the refine pass as a fraction of
 the base pass, and peak GPU memory on CUDA. References: encoding time cold (new images) and
-cached. PNG: the output's encoder (every core) against Pillow's, on a photo-like image and on
-noise of the last entry's size. Turbo and compile: each against the default in the same run, and what compiling adds to
-setup (GEN4_COMPILE compiles and warms every size there). On CUDA, the eager step loop against the
+cached; and three 12 MP phone photos from file to features, decoded in full against decoded
+reduced to what the image encoder reads (model/images.py). PNG: the output's encoder (every
+core) against Pillow's, on a photo-like image and on noise of the last entry's size. Turbo and
+compile: each against the default in the same run, and what compiling adds to setup
+(GEN4_COMPILE compiles and warms every size there). On CUDA, the eager step loop against the
 default's CUDA graphs (GEN4_CUDA_GRAPHS), with the graphs captured and their capture time.
 Server: the same request end to end through the real Cog server; its overhead is, per
 prediction, the end-to-end time minus the Generator's own time in the worker (coglet's log
@@ -55,14 +57,17 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
+from model.cache import LRUCache  # noqa: E402
+from model.images import decode_reference  # noqa: E402
 from model.plan import plan_for  # noqa: E402
 from model.png import PngEncoder  # noqa: E402
 from model.prompt import parse_prompt  # noqa: E402
+from model.references import ReferenceEncoder  # noqa: E402
 from model.regions import RegionConfig, RegionState, bind_references  # noqa: E402
 from model.request import Request  # noqa: E402
 from model.service import Generator  # noqa: E402
 from model.settings import settings_from_env  # noqa: E402
-from model.tables import OUTPUT_SIZES  # noqa: E402
+from model.tables import OUTPUT_SIZES, REFERENCE_DECODE_SIDE  # noqa: E402
 from model.tokens import mention_positions  # noqa: E402
 from model.weights import missing_repos, weights_label  # noqa: E402
 from scripts.serve import CogServer  # noqa: E402
@@ -330,6 +335,47 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+def bench_reference_decode(generator: Generator, runs: int) -> dict:
+    """Three 12 MP phone photos (4032x3024 JPEGs, EXIF-rotated) from file to the image encoder's
+    features, as a request takes them (decode, pixel hash, preprocessing, encoding): decoded in full
+    against decoded reduced to the encoder's need (`decode_reference`'s `side`), interleaved; cold
+    (the encoder's cache emptied before each call) and cached (only decode and hash left)."""
+    pipe = generator.pipe
+    identity = "benchmark"
+    cold = ReferenceEncoder(pipe.image_encoder, pipe.feature_extractor, identity, capacity=8)
+    cached = ReferenceEncoder(pipe.image_encoder, pipe.feature_extractor, identity, capacity=8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait: what a phone writes
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for k in range(3):
+            paths.append(Path(folder) / f"phone-{k}.jpg")
+            photo_like(4032, 3024, seed=k).save(paths[-1], quality=90, exif=exif.tobytes())
+
+        def features(encoder: ReferenceEncoder, side: int | None) -> None:
+            if encoder is cold:
+                encoder.cache = LRUCache(8)
+            encoder.encode([decode_reference(p, f"reference_images[{i}]", side) for i, p in enumerate(paths)])
+
+        full_cold, reduced_cold, full_cached, reduced_cached = interleaved(
+            runs,
+            lambda: features(cold, None),
+            lambda: features(cold, REFERENCE_DECODE_SIDE),
+            lambda: features(cached, None),
+            lambda: features(cached, REFERENCE_DECODE_SIDE),
+        )
+    return {
+        "photos": "3 x 4032x3024 JPEG",
+        "side": REFERENCE_DECODE_SIDE,
+        "cold_full_ms": round(full_cold * 1000, 1),
+        "cold_reduced_ms": round(reduced_cold * 1000, 1),
+        "cold_speedup": round(full_cold / reduced_cold, 2),
+        "cached_full_ms": round(full_cached * 1000, 1),
+        "cached_reduced_ms": round(reduced_cached * 1000, 1),
+        "cached_speedup": round(full_cached / reduced_cached, 2),
+    }
+
+
 def bench_png(entry: tuple[str, str], runs: int) -> dict:
     """The output's PNG encoding (model/png.py, every core) against Pillow's (one core), both at
     deflate level 1, interleaved, on a photo-like image and on noise of the entry's size."""
@@ -477,7 +523,7 @@ def markdown(result: dict) -> str:
             cells += [row["refine_over_base"], row["peak_gpu_gb"]] + [row["stages_s"].get(k, "") for k in stage_names]
             lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
         lines.append("")
-    for key in ("reference_cache", "png", "turbo", "compile", "cuda_graphs", "server", "injection"):
+    for key in ("reference_cache", "reference_decode", "png", "turbo", "compile", "cuda_graphs", "server", "injection"):
         if result.get(key):
             lines += [f"**{key}**: " + ", ".join(f"{k} {v}" for k, v in result[key].items()), ""]
     return "\n".join(lines)
@@ -548,6 +594,7 @@ def main() -> None:
         "--injection-runs", type=int, help="interleaved runs of the injection comparison (default: runs, at least 3)"
     )
     parser.add_argument("--no-turbo", action="store_true")
+    parser.add_argument("--no-reference-decode", action="store_true", help="skip the 12 MP photos' decoding")
     parser.add_argument("--no-compile", action="store_true", help="skip GEN4_COMPILE (minutes of compiling)")
     parser.add_argument("--no-graphs", action="store_true", help="skip the eager step loop against CUDA graphs")
     parser.add_argument(
@@ -584,6 +631,8 @@ def main() -> None:
             "reference_cache": bench_reference_cache(generator, max(3, args.runs)),
             "png": bench_png(entries[-1], max(7, args.runs)),
         }
+        if not args.no_reference_decode:
+            result["reference_decode"] = bench_reference_decode(generator, args.runs)
         if not args.no_injection:
             width, height = plan_for(*entries[-1]).base
             if args.injection_size:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from model.tables import REFERENCE_DECODE_SIDE
 from scripts.host_overhead import SAVINGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,9 @@ def test_fast_benchmark_writes_results(tiny_weights: Path, tmp_path: Path) -> No
     refined = [row for row in result["sizes"] if row["entry"] == "1080p 4:3"]
     assert all(row["refine_over_base"] > 0 and row["stages_s"]["refine"] > 0 for row in refined)
     assert result["reference_cache"]["cached_s"] < result["reference_cache"]["cold_s"]
+    decode = result["reference_decode"]  # times only checked to be there and consistent
+    assert decode["side"] == REFERENCE_DECODE_SIDE and min(decode["cold_full_ms"], decode["cold_reduced_ms"]) > 0
+    assert decode["cold_speedup"] == pytest.approx(decode["cold_full_ms"] / decode["cold_reduced_ms"], abs=0.02)
     png = result["png"]  # sizes are exact; the times are only checked to be there
     assert png["entry"] == "1080p 4:3" and png["noise_size_over_pillow"] <= 1.001
     assert png["photo_like_size_over_pillow"] <= 1.02 and png["photo_like_ms"] > 0
@@ -75,7 +79,7 @@ def test_server_overhead_is_taken_per_prediction_from_the_servers_log(tiny_weigh
     the overhead's parts add up (end to end = HTTP and coglet + worker around the Generator +
     the Generator, per prediction, so the medians agree to within rounding of the spread)."""
     command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--fast", "--no-sizes"]
-    command += ["--no-injection", "--no-turbo", "--no-compile"]
+    command += ["--no-injection", "--no-turbo", "--no-compile", "--no-reference-decode"]
     command += ["--weights-dir", str(tiny_weights), "--out", str(tmp_path)]
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     server = json.loads((tmp_path / "benchmark-tiny-cpu.json").read_text())["server"]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import pathlib
 
+import numpy as np
 import pytest
 from PIL import Image
+from transformers import CLIPImageProcessor
 
 from model.errors import InputError
 from model.images import check_source, decode_reference
+from model.tables import REFERENCE_DECODE_SIDE
 from tests.conftest import png_bytes
 from tests.samples import (
     animated_gif,
@@ -81,6 +85,61 @@ def test_animated_gif_uses_first_frame(tmp_path: pathlib.Path) -> None:
 
 def test_exif_rotated_jpeg_is_turned_upright(tmp_path: pathlib.Path) -> None:
     assert decode_reference(write(tmp_path, exif_rotated_jpeg()), FIELD).size == (100, 200)
+
+
+@functools.cache
+def photo(width: int, height: int, orientation: int | None = None, fmt: str = "JPEG") -> bytes:
+    """A camera-sized picture with smooth areas, a textured patch, a hard edge and fine grain, as a
+    phone would store it."""
+    rng = np.random.default_rng(0)
+    x, y = np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)[:, None]
+    pixels = np.stack([128 + 90 * np.sin(x / (60 + 25 * k) + k) * np.cos(y / 80) for k in range(3)], -1)
+    pixels[height // 4 : height // 2, width // 4 : width // 2] += rng.integers(-40, 41, (height // 4, width // 4, 1))
+    pixels += rng.integers(-8, 9, pixels.shape, dtype=np.int8)
+    pixels[:, width // 2 : width // 2 + 40] = 255
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, exif=exif.tobytes(), **({"quality": 90} if fmt == "JPEG" else {"compress_level": 1}))
+    return buffer.getvalue()
+
+
+def test_a_phone_photo_decodes_upright_at_about_the_encoders_need(tmp_path: pathlib.Path) -> None:
+    """12 MP stored 4032x3024, shown rotated (orientation 6): decoded at 1/4 scale, upright."""
+    image = decode_reference(write(tmp_path, photo(4032, 3024, orientation=6)), FIELD)
+    assert image.mode == "RGB" and image.size == (756, 1008)
+    assert REFERENCE_DECODE_SIDE <= min(image.size) < 2 * REFERENCE_DECODE_SIDE
+    assert decode_reference(write(tmp_path, photo(4032, 3024, orientation=6)), FIELD, side=None).size == (3024, 4032)
+
+
+def test_a_large_png_is_box_reduced_and_a_small_one_kept(tmp_path: pathlib.Path) -> None:
+    assert decode_reference(write(tmp_path, png_bytes((2100, 1400))), FIELD).size == (1050, 700)
+    kept = (2 * REFERENCE_DECODE_SIDE - 1, 2 * REFERENCE_DECODE_SIDE - 1)
+    assert decode_reference(write(tmp_path, png_bytes(kept)), FIELD).size == kept
+
+
+def test_rules_read_the_upright_declared_size_not_the_reduced_one(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(InputError) as info:
+        decode_reference(write(tmp_path, photo(4000, 1500, orientation=6)), FIELD)
+    assert "aspect ratio 0.38 (1500x4000)" in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_the_reduced_decode_reaches_the_encoder_as_the_full_one_would(tmp_path: pathlib.Path, fmt: str) -> None:
+    """The image encoder's input (224x224, from the CLIPImageProcessor diffusers builds for h94's
+    ViT-H) from the reduced decode against the full one: differences of a fraction of one 8-bit
+    level on average, a couple of levels at most (JPEG re-encoding alone changes more)."""
+    path = write(tmp_path, photo(4032, 3024, fmt=fmt))
+    processor = CLIPImageProcessor(size=224, crop_size=224)
+    reduced, full = (
+        processor(images=[decode_reference(path, FIELD, side=side)], return_tensors="np").pixel_values[0]
+        for side in (REFERENCE_DECODE_SIDE, None)
+    )
+    level = 1 / (255 * np.asarray(processor.image_std)[:, None, None])  # one 8-bit level, normalised
+    levels = np.abs(reduced - full) / level
+    assert levels.mean() < 0.5 and levels.max() <= 3, (levels.mean(), levels.max())
 
 
 class DownloadedPath(pathlib.PosixPath):
