@@ -33,7 +33,7 @@ from model.regions import RegionState
 from model.request import Request
 from model.service import Generator
 from model.settings import Settings
-from model.tables import OUTPUT_SIZES
+from model.tables import OUTPUT_SIZES, REFERENCE_DECODE_SIDE
 from model.weights import (
     ALL_REPOS,
     IMAGE_ENCODER_SUBFOLDER,
@@ -90,6 +90,15 @@ def test_same_seed_same_bytes_other_seed_other_image(generator: Generator, tmp_p
     assert digest(generator.predict(request)) == first
     other = Request(**{**request.__dict__, "seed": 1020561551})
     assert digest(generator.predict(other)) != first
+
+
+def test_references_are_decoded_at_three_times_what_the_image_encoder_reads(generator: Generator) -> None:
+    """model/images.py reduces references to REFERENCE_DECODE_SIDE: 3x the loaded encoder's input,
+    as its preprocessor (the one diffusers builds for the image encoder) resizes and crops."""
+    processor = generator.pipe.feature_extractor
+    side = max(processor.size["shortest_edge"], processor.crop_size["height"], processor.crop_size["width"])
+    assert side == generator.pipe.image_encoder.config.image_size == 224
+    assert 3 * side == REFERENCE_DECODE_SIDE
 
 
 def test_repeated_reference_skips_the_image_encoder(
