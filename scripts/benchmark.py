@@ -325,7 +325,8 @@ def bench_variant(
 def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
     """A deterministic stand-in for a generated photograph (random weights make noise, PNG's worst
     case): gradients and soft waves with a little grain."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    # A row and a column, broadcast: the same pixels as full coordinate grids, in half the time.
+    x, y = np.arange(width, dtype=np.float32)[None, :], np.arange(height, dtype=np.float32)[:, None]
     rng = np.random.default_rng(seed)
     channels = [
         128 + 60 * np.sin(x / (40 + 13 * k) + k) * np.cos(y / (55 + 7 * k)) + 40 * (x + y) / (width + height) - 20

@@ -14,6 +14,7 @@ from transformers import CLIPImageProcessor
 from model.errors import InputError
 from model.images import check_source, decode_reference
 from model.tables import REFERENCE_DECODE_SIDE
+from scripts.benchmark import photo_like
 from tests.conftest import png_bytes
 from tests.samples import (
     animated_gif,
@@ -89,13 +90,11 @@ def test_exif_rotated_jpeg_is_turned_upright(tmp_path: pathlib.Path) -> None:
 
 @functools.cache
 def photo(width: int, height: int, orientation: int | None = None, fmt: str = "JPEG") -> bytes:
-    """A camera-sized picture with smooth areas, a textured patch, a hard edge and fine grain, as a
+    """The benchmark's photo-like picture with a textured patch and a hard edge added, stored as a
     phone would store it."""
-    rng = np.random.default_rng(0)
-    x, y = np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)[:, None]
-    pixels = np.stack([128 + 90 * np.sin(x / (60 + 25 * k) + k) * np.cos(y / 80) for k in range(3)], -1)
-    pixels[height // 4 : height // 2, width // 4 : width // 2] += rng.integers(-40, 41, (height // 4, width // 4, 1))
-    pixels += rng.integers(-8, 9, pixels.shape, dtype=np.int8)
+    pixels = np.asarray(photo_like(width, height), dtype=np.int16)
+    noise = np.random.default_rng(0).integers(-40, 41, (height // 4, width // 4, 1))
+    pixels[height // 4 : height // 2, width // 4 : width // 2] += noise.astype(np.int16)
     pixels[:, width // 2 : width // 2 + 40] = 255
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     exif = Image.Exif()
