@@ -102,9 +102,13 @@ def check_fields(request: Request) -> None:
     unknown = [m for m in find_mentions(request.prompt) if m not in seen]
     if unknown:
         available = ", ".join(f"@{t}" for t in tags) if tags else "none (no reference_tags given)"
+        # Tags match exactly, as they are written; a mention that differs only in case is the
+        # likeliest slip, so the message names the tag it probably meant.
+        near = [t for t in tags if t.lower() == unknown[0].lower()]
+        hint = f" (tags are case-sensitive: did you mean @{near[0]}?)" if near else ""
         raise InputError(
             "prompt",
-            f"mentions @{unknown[0]}, which is not one of the reference tags; available: {available}",
+            f"mentions @{unknown[0]}, which is not one of the reference tags; available: {available}{hint}",
         )
 
 

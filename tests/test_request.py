@@ -39,6 +39,12 @@ BAD = [
         "@dog, which is not one of the reference tags; available: @park",
     ),
     ({"prompt": "@dog runs"}, "prompt", "available: none"),
+    (
+        {"prompt": "@Woman in @park", **three(["park", "woman"])},
+        "prompt",
+        "mentions @Woman, which is not one of the reference tags; available: @park, @woman "
+        "(tags are case-sensitive: did you mean @woman?)",
+    ),
 ]
 
 
