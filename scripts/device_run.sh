@@ -12,6 +12,11 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
+# Bytecode, as the image `cog build` makes has it for its requirements (pip compiles them at
+# install): without it every process compiles diffusers, cog and this project from source again
+# where PYTHONDONTWRITEBYTECODE is set, which would count in setup and time-to-READY. On the
+# project's CPU machine that took `import predict` from 6.5-7.0 s to 7.8-9.2 s (3 runs each).
+python3 -m compileall -q -j 0 /tmp/site model scripts tests predict.py >/dev/null || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 nproc | tee -a "$OUT/gpu.txt"
@@ -20,6 +25,12 @@ tests)
     python3 -m pytest -q -m "gpu or real_weights" tests/test_gpu.py 2>&1 | tee "$OUT/tests.log"
     ;;
 bench)
+    # Where a server worker's `import predict` goes on this host (11.7 s in an earlier server log):
+    # twice (the first may read files not yet in the page cache). No prefetch: no weights named.
+    for run in first second; do
+        { time GEN4_PREFETCH=0 python3 -X importtime -c "import predict" 2>"$OUT/importtime-$run.log"; } 2>&1 |
+            tee -a "$OUT/import_time.txt"
+    done
     python3 scripts/benchmark.py --entries '1080p 4:3' --no-compile --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
     ;;
 compile)
