@@ -64,6 +64,14 @@ class OutputWriter:
         self._cleanup()
 
 
+def make_masks_dir(folder: Path) -> None:
+    """Make the folder that keeps the tag masks (GEN4_MASKS_DIR), or say why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeError(f"GEN4_MASKS_DIR={str(folder)!r} cannot be used as a folder: {exc}") from exc
+
+
 def write_mask_image(image: Image.Image, masks: np.ndarray, labels: list[str], path: Path) -> Path:
     """Each reference's mask ([n, h, w] in 0..1, any resolution) in its colour over a grey copy of
     the image, with a legend: where each @tag landed."""

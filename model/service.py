@@ -21,7 +21,7 @@ from PIL import Image
 from model.download import download_missing
 from model.generate import Generation, GenerationInputs, Stopwatch, generate
 from model.graphs import UNetGraphs, install_unet_graphs
-from model.output import OutputWriter, write_mask_image
+from model.output import OutputWriter, make_masks_dir, write_mask_image
 from model.pipeline import MissingWeightsError, Runtime, compile_blocks, img2img_from, load_pipeline, pick_runtime
 from model.plan import PLANS, Plan, plan_for
 from model.prompt import parse_prompt
@@ -100,6 +100,8 @@ class Generator:
         if settings.cuda_graphs and not settings.compile and self.runtime.device.type == "cuda":
             self.graphs = install_unet_graphs(self.pipe.unet)
         self.output = OutputWriter(settings.output_format)
+        if settings.masks_dir is not None:
+            make_masks_dir(settings.masks_dir)  # at setup: a bad folder fails here, not in a request
         self.last_timings: dict[str, float] = {}  # seconds per stage of the latest prediction
         self.compile_s: float | None = None
         if settings.compile:
@@ -171,7 +173,7 @@ class Generator:
             ) from None
         with clock.stage("write output"):
             path = self.output.write(generation.image, seed)
-            if self.settings.save_masks:
+            if self.settings.writes_masks:
                 self._write_masks(generation, path)
         self.last_timings = clock.seconds
         say(f"Generated image in {time.perf_counter() - started:.1f}sec")
@@ -240,7 +242,8 @@ class Generator:
             say("No tag masks to write: no tagged reference was placed")
             return
         labels = [f"@{b.tag} ({b.kind})" if b.tag else f"reference {b.index + 1} (global)" for b in region.bindings]
-        path = write_mask_image(generation.image, masks.numpy(), labels, output.with_suffix(".masks.png"))
+        folder = self.settings.masks_dir or output.parent
+        path = write_mask_image(generation.image, masks.numpy(), labels, folder / f"{output.stem}.masks.png")
         say(f"Tag masks written to {path}")
 
     def stats(self) -> dict[str, int]:

@@ -41,6 +41,9 @@ class Settings:
     vae_tiling: str = "auto"
     # Write each tag's mask as an image beside the output (<name>.masks.png).
     save_masks: bool = False
+    # Or into this folder, where they stay (the outputs' folder is the server's, and temporary).
+    # Setting it turns save_masks on.
+    masks_dir: Path | None = None
     # At setup, download missing weights into weights_dir (a volume in Docker) before loading.
     download_weights: bool = True
     # Turbo: SDXL-Lightning's 4-step LoRA fused into the UNet, 4 steps, no classifier-free
@@ -59,6 +62,11 @@ class Settings:
     prefetch: bool = True
     # Where the queue publishes how many predictions are in flight (read by scripts/drain.py).
     queue_state_file: Path = Path(tempfile.gettempdir()) / "gen4-queue.json"
+
+    @property
+    def writes_masks(self) -> bool:
+        """Whether each prediction writes its tag masks (GEN4_SAVE_MASKS or GEN4_MASKS_DIR)."""
+        return self.save_masks or self.masks_dir is not None
 
     @property
     def effective_steps(self) -> int:
@@ -111,7 +119,9 @@ def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
         raw = environ.get(env_name(field.name))
         if raw is None or raw == "":
             continue
-        convert = {"int": int, "float": float, "Path": Path, "bool": _parse_bool}.get(str(field.type), str)
+        convert = {"int": int, "float": float, "Path": Path, "Path | None": Path, "bool": _parse_bool}.get(
+            str(field.type), str
+        )
         try:
             values[field.name] = convert(raw.strip().lower() if convert is str else raw)
         except ValueError as exc:

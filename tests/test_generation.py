@@ -332,6 +332,25 @@ def test_save_masks_writes_where_each_tag_landed(
     assert np.all(red | blue)
 
 
+def test_a_masks_folder_keeps_the_masks_under_the_outputs_name(
+    generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    monkeypatch.setattr(generator, "settings", replace(generator.settings, masks_dir=folder))
+    out = generator.predict(tagged(tmp_path, "@woman standing in @park", ["woman", "park"], "720p", "1:1", seed=3))
+    masks_path = folder / f"{out.stem}.masks.png"
+    assert f"Tag masks written to {masks_path}" in capsys.readouterr().out
+    assert sorted(folder.iterdir()) == [masks_path], "only the masks go to the folder"
+    assert not out.with_suffix(".masks.png").exists(), "not beside the output as well"
+    with Image.open(masks_path) as overlay:
+        assert overlay.size == (720, 720)
+    # The folder is the user's: the writer's clean-up of old outputs never reaches it.
+    for _ in range(generator.output.keep):
+        generator.output.write(Image.new("RGB", (8, 8)), seed=0)
+    assert not out.exists() and masks_path.exists()
+
+
 def test_setup_downloads_missing_weights_into_the_folder_then_loads(
     tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

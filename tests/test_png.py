@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.output import OutputWriter
+from model.output import OutputWriter, make_masks_dir
 from model.png import PngEncoder, encode_png, paeth_rows
 from scripts.benchmark import photo_like
 
@@ -121,3 +121,11 @@ def test_output_writer_keeps_the_last_outputs_and_removes_all_when_closed(
     assert list(tmp_path.iterdir()) == [writer.root]
     writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_masks_folder_is_made_at_setup_or_refused_by_name(tmp_path: Path) -> None:
+    make_masks_dir(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(RuntimeError, match=r"GEN4_MASKS_DIR='.*/file' cannot be used as a folder"):
+        make_masks_dir(tmp_path / "file")

@@ -28,6 +28,8 @@ def test_the_readme_table_lists_every_setting_with_its_default() -> None:
         default = field.default
         if isinstance(default, bool):
             assert table[name] == str(default).lower(), name
+        elif default is None:
+            assert table[name] == "none", name
         elif name == "GEN4_QUEUE_STATE_FILE":
             assert Path(default) == Path(tempfile.gettempdir()) / Path(table[name]).name
         else:
@@ -37,6 +39,13 @@ def test_the_readme_table_lists_every_setting_with_its_default() -> None:
 def test_every_setting_is_read_from_its_variable() -> None:
     settings = settings_from_env({"GEN4_COMPILE": "1", "GEN4_DTYPE": "bfloat16", "GEN4_STEPS": "12"})
     assert settings.compile is True and settings.dtype == "bfloat16" and settings.steps == 12
+
+
+def test_a_masks_folder_turns_the_masks_on() -> None:
+    assert not settings_from_env({}).writes_masks
+    assert settings_from_env({"GEN4_SAVE_MASKS": "1"}).writes_masks
+    settings = settings_from_env({"GEN4_MASKS_DIR": "/masks"})
+    assert settings.masks_dir == Path("/masks") and settings.writes_masks and not settings.save_masks
 
 
 @pytest.mark.parametrize(
