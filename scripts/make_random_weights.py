@@ -340,8 +340,9 @@ def ip_adapter_state_dict(unet: UNet2DConditionModel, arch: Arch) -> dict[str, t
 
 
 def lightning_lora_state_dict(unet: UNet2DConditionModel, rank: int, std: float) -> dict[str, torch.Tensor]:
-    """A LoRA on every transformer attention projection, in diffusers' PEFT key format.
-    (The real file is kohya-format; diffusers' load_lora_weights converts it on the same call.)"""
+    """A LoRA on every transformer attention projection, in diffusers' PEFT key format. The
+    published file's keys could not be read offline; a test checks that the same LoRA in kohya's
+    layouts (diffusers' or the SGM UNet's module names) fuses into the same UNet."""
     g = torch.Generator().manual_seed(2)
     sd = {}
     for name, module in unet.named_modules():

@@ -17,16 +17,20 @@ from diffusers.models import attention_processor
 from diffusers.models.attention import AttentionMixin
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
+from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from model.generate import decode, to_pil
 from model.pipeline import (
     MissingWeightsError,
     ProjectionOncePerPass,
+    Runtime,
     UNet,
     attention_forward,
     attention_modules,
     check_weights,
+    load_pipeline,
     processor_parameters,
 )
 from model.regions import RegionState
@@ -40,7 +44,9 @@ from model.weights import (
     IP_ADAPTER,
     IP_ADAPTER_SUBFOLDER,
     IP_ADAPTER_WEIGHT,
+    LIGHTNING_LORA_WEIGHT,
     SDXL_BASE,
+    SDXL_LIGHTNING,
     SDXL_VAE_FP16_FIX,
 )
 from scripts.host_overhead import device_looked_up, text_projected_every_step
@@ -405,6 +411,53 @@ def test_turbo_fuses_sdxl_lightning_runs_4_steps_without_cfg(
         assert image.size == (1440, 1080)
     # 4 base steps + int(4 x 0.35) -> 1 refine step, each one UNet call on a batch of 1 (no CFG).
     assert batches == [1] * 5
+
+
+def kohya_keys(peft: dict[str, torch.Tensor], sgm_layers_per_block: int | None = None) -> dict[str, torch.Tensor]:
+    """The stand-in LoRA (diffusers' PEFT keys) in kohya's layout: `lora_unet_<module path with
+    underscores>.lora_down/.lora_up/.alpha`, as diffusers' own converter writes it; with
+    `sgm_layers_per_block`, the module paths in the original SGM UNet's names (input_blocks,
+    middle_block, output_blocks), as kohya's SDXL trainer writes them."""
+    kohya = convert_state_dict_to_kohya(peft)
+    if sgm_layers_per_block is None:
+        return kohya
+    step = sgm_layers_per_block + 1
+    renamed = {}
+    for key, value in kohya.items():
+        parts = key.split("_")  # lora, unet, down, blocks, B, attentions, J, ...
+        if key.startswith("lora_unet_down_blocks_"):
+            block, layer = int(parts[4]), int(parts[6])
+            parts[2:7] = ["input", "blocks", str(block * step + layer + 1), "1"]
+        elif key.startswith("lora_unet_up_blocks_"):
+            block, layer = int(parts[4]), int(parts[6])
+            parts[2:7] = ["output", "blocks", str(block * step + layer), "1"]
+        elif key.startswith("lora_unet_mid_block_attentions_0_"):
+            parts[2:6] = ["middle", "block", "1"]
+        renamed["_".join(parts)] = value
+    return renamed
+
+
+@pytest.mark.parametrize("layout", ["kohya", "kohya-sgm"])
+def test_turbo_fuses_the_lora_alike_from_kohyas_layouts(tiny_weights: Path, tmp_path: Path, layout: str) -> None:
+    """The stand-in LoRA is written with diffusers' PEFT keys; the published file may use kohya's
+    layout, with diffusers' module names or the original SGM UNet's. diffusers converts either on
+    the same call: the fused UNet comes out the same as from the stand-in."""
+    runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32)
+    expected = load_pipeline(tiny_weights, runtime, turbo=True).unet.state_dict()
+    weights = tmp_path / "weights"
+    for repo in ALL_REPOS:
+        (weights / repo.folder).parent.mkdir(parents=True, exist_ok=True)
+        (weights / repo.folder).symlink_to(tiny_weights / repo.folder)
+    peft = load_file(tiny_weights / SDXL_LIGHTNING.folder / LIGHTNING_LORA_WEIGHT)
+    unet_config = UNet.load_config(tiny_weights / SDXL_BASE.folder / "unet")
+    lora = kohya_keys(peft, unet_config["layers_per_block"] if layout == "kohya-sgm" else None)
+    assert not any(key.startswith("unet.") for key in lora) and len(lora) == len(peft) * 3 // 2
+    (weights / SDXL_LIGHTNING.folder).mkdir()
+    save_file(lora, weights / SDXL_LIGHTNING.folder / LIGHTNING_LORA_WEIGHT)
+    fused = load_pipeline(weights, runtime, turbo=True).unet.state_dict()
+    assert fused.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(fused[key], value, rtol=0, atol=1e-6, msg=key)
 
 
 def test_turbo_without_its_lora_names_the_download(tiny_weights: Path, tmp_path: Path) -> None:
