@@ -4,9 +4,11 @@
 #   tests   the GPU tests (tests/test_gpu.py), about 1 min
 #   bench   scripts/benchmark.py at 1080p 4:3 on full-size random weights (no compile), ~5 min
 #   compile the same entry with GEN4_COMPILE only (minutes of compiling)
+#   all     tests, then bench, in one call (the machine is let go 30 s after a call: one call
+#           spares a second start and the second install)
 # Usage there: bash scripts/device_run.sh JOB [benchmark.py options...]
 set -uo pipefail
-job=${1:?job: tests, bench or compile}
+job=${1:?job: tests, bench, compile or all}
 shift
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -20,11 +22,15 @@ python3 -m compileall -q -j 0 /tmp/site model scripts tests predict.py >/dev/nul
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 nproc | tee -a "$OUT/gpu.txt"
+gpu_tests() {
+    python3 -m pytest -q -m "gpu or real_weights" tests/test_gpu.py 2>&1 | tee "$OUT/tests.log"
+}
 case $job in
 tests)
-    python3 -m pytest -q -m "gpu or real_weights" tests/test_gpu.py 2>&1 | tee "$OUT/tests.log"
+    gpu_tests
     ;;
-bench)
+bench | all)
+    [[ $job == all ]] && gpu_tests
     # Where a server worker's `import predict` goes on this host (11.7 s in an earlier server log):
     # twice (the first may read files not yet in the page cache). No prefetch: no weights named.
     for run in first second; do
@@ -38,7 +44,7 @@ compile)
         --no-server --out "$OUT/compile" "$@" 2>&1 | tee "$OUT/compile.log"
     ;;
 *)
-    echo "unknown job $job (tests, bench or compile)" >&2
+    echo "unknown job $job (tests, bench, compile or all)" >&2
     exit 2
     ;;
 esac
