@@ -437,13 +437,23 @@ def kohya_keys(peft: dict[str, torch.Tensor], sgm_layers_per_block: int | None =
     return renamed
 
 
+CPU_FP32 = Runtime(device=torch.device("cpu"), dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def turbo_unet_from_the_stand_in(tiny_weights: Path) -> dict[str, torch.Tensor]:
+    """The turbo UNet's weights with the stand-in LoRA (PEFT keys) fused, loaded once."""
+    return load_pipeline(tiny_weights, CPU_FP32, turbo=True).unet.state_dict()
+
+
 @pytest.mark.parametrize("layout", ["kohya", "kohya-sgm"])
-def test_turbo_fuses_the_lora_alike_from_kohyas_layouts(tiny_weights: Path, tmp_path: Path, layout: str) -> None:
+def test_turbo_fuses_the_lora_alike_from_kohyas_layouts(
+    tiny_weights: Path, tmp_path: Path, layout: str, turbo_unet_from_the_stand_in: dict[str, torch.Tensor]
+) -> None:
     """The stand-in LoRA is written with diffusers' PEFT keys; the published file may use kohya's
     layout, with diffusers' module names or the original SGM UNet's. diffusers converts either on
     the same call: the fused UNet comes out the same as from the stand-in."""
-    runtime = Runtime(device=torch.device("cpu"), dtype=torch.float32)
-    expected = load_pipeline(tiny_weights, runtime, turbo=True).unet.state_dict()
+    expected = turbo_unet_from_the_stand_in
     weights = tmp_path / "weights"
     for repo in ALL_REPOS:
         (weights / repo.folder).parent.mkdir(parents=True, exist_ok=True)
@@ -454,7 +464,7 @@ def test_turbo_fuses_the_lora_alike_from_kohyas_layouts(tiny_weights: Path, tmp_
     assert not any(key.startswith("unet.") for key in lora) and len(lora) == len(peft) * 3 // 2
     (weights / SDXL_LIGHTNING.folder).mkdir()
     save_file(lora, weights / SDXL_LIGHTNING.folder / LIGHTNING_LORA_WEIGHT)
-    fused = load_pipeline(weights, runtime, turbo=True).unet.state_dict()
+    fused = load_pipeline(weights, CPU_FP32, turbo=True).unet.state_dict()
     assert fused.keys() == expected.keys()
     for key, value in expected.items():
         torch.testing.assert_close(fused[key], value, rtol=0, atol=1e-6, msg=key)
