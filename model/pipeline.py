@@ -6,11 +6,13 @@ here (scripts/download_weights.py does that).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import os
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,9 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from diffusers.models.resnet import ResnetBlock2D
+from diffusers.utils import logging as diffusers_logging
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig
+from transformers.utils import logging as transformers_logging
 
 from model.weights import (
     IMAGE_ENCODER_SUBFOLDER,
@@ -138,26 +143,30 @@ def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> S
     # Local folders only: a missing file must fail here, not turn into a download.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dtype = runtime.dtype
-    vae = AutoencoderKL.from_pretrained(weights_dir / SDXL_VAE_FP16_FIX.folder, dtype=dtype)
-    base = weights_dir / SDXL_BASE.folder
-    unet = UNet.from_pretrained(base, subfolder="unet", dtype=dtype, variant="fp16", use_safetensors=True)
-    pipe = SDXLPipeline.from_pretrained(
-        base, unet=unet, vae=vae, dtype=dtype, variant="fp16", use_safetensors=True, add_watermarker=False
-    )
-    pipe.load_ip_adapter(
-        str(weights_dir / IP_ADAPTER.folder),
-        subfolder=IP_ADAPTER_SUBFOLDER,
-        weight_name=IP_ADAPTER_WEIGHT,
-        image_encoder_folder=IMAGE_ENCODER_SUBFOLDER,  # loaded in the pipeline's dtype
-    )
-    if turbo:
-        # Fused into the weights, then the LoRA layers dropped: no per-step LoRA cost, and the
-        # attention processors installed later see plain Linear layers.
-        pipe.load_lora_weights(str(weights_dir / SDXL_LIGHTNING.folder), weight_name=LIGHTNING_LORA_WEIGHT)
-        pipe.fuse_lora(lora_scale=1.0)
-        pipe.unload_lora_weights()
-        # SDXL-Lightning's sampler: Euler with trailing timestep spacing (its model card).
-        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    with without_progress_bars():
+        vae = AutoencoderKL.from_pretrained(weights_dir / SDXL_VAE_FP16_FIX.folder, dtype=dtype)
+        base = weights_dir / SDXL_BASE.folder
+        unet = UNet.from_pretrained(base, subfolder="unet", dtype=dtype, variant="fp16", use_safetensors=True)
+        pipe = SDXLPipeline.from_pretrained(
+            base, unet=unet, vae=vae, dtype=dtype, variant="fp16", use_safetensors=True, add_watermarker=False
+        )
+        # Registered before load_ip_adapter, which then keeps it instead of building its own.
+        encoder_config = CLIPVisionConfig.from_pretrained(weights_dir / IP_ADAPTER.folder / IMAGE_ENCODER_SUBFOLDER)
+        pipe.register_modules(feature_extractor=clip_processor(encoder_config.image_size))
+        pipe.load_ip_adapter(
+            str(weights_dir / IP_ADAPTER.folder),
+            subfolder=IP_ADAPTER_SUBFOLDER,
+            weight_name=IP_ADAPTER_WEIGHT,
+            image_encoder_folder=IMAGE_ENCODER_SUBFOLDER,  # loaded in the pipeline's dtype
+        )
+        if turbo:
+            # Fused into the weights, then the LoRA layers dropped: no per-step LoRA cost, and the
+            # attention processors installed later see plain Linear layers.
+            pipe.load_lora_weights(str(weights_dir / SDXL_LIGHTNING.folder), weight_name=LIGHTNING_LORA_WEIGHT)
+            pipe.fuse_lora(lora_scale=1.0)
+            pipe.unload_lora_weights()
+            # SDXL-Lightning's sampler: Euler with trailing timestep spacing (its model card).
+            pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     pipe.to(runtime.device)  # every part was loaded in `dtype` already
     pipe.execution_device = pipe.device  # diffusers' answer, read once (e.g. cuda:0 for "cuda")
     pipe.unet.encoder_hid_proj = ProjectionOncePerPass(list(pipe.unet.encoder_hid_proj.image_projection_layers))
@@ -174,6 +183,31 @@ def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> S
         dtype,
     )
     return pipe
+
+
+def clip_processor(size: int) -> CLIPImageProcessorPil:
+    """The image encoder's preprocessing as diffusers' load_ip_adapter builds it (shortest side to
+    `size`, centre crop to `size` x `size`, CLIP's mean and std), always on the PIL backend.
+    transformers 5 gives `CLIPImageProcessor` torchvision's backend where torchvision is installed
+    and PIL's where it is not, as in the project's image; naming the backend makes every machine
+    (GPU hosts with torchvision included) run and time what users run."""
+    return CLIPImageProcessorPil(size=size, crop_size=size)
+
+
+@contextlib.contextmanager
+def without_progress_bars() -> Iterator[None]:
+    """diffusers' and transformers' loading progress bars off inside the block, then as they were.
+    In a server's log each bar is a dozen carriage-return fragments that say nothing."""
+    libraries = (diffusers_logging, transformers_logging)
+    were_on = [library.is_progress_bar_enabled() for library in libraries]
+    for library in libraries:
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library, was_on in zip(libraries, were_on, strict=True):
+            if was_on:
+                library.enable_progress_bar()
 
 
 class ProjectionOncePerPass(MultiIPAdapterImageProjection):

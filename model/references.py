@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 
 from model.cache import LRUCache
 
@@ -52,7 +52,7 @@ class ReferenceEncoder:
     def __init__(
         self,
         image_encoder: CLIPVisionModelWithProjection,
-        feature_extractor: CLIPImageProcessor,
+        feature_extractor: CLIPImageProcessorPil,
         identity: str,
         capacity: int,
     ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from transformers import CLIPImageProcessorPil
 
 from model.generate import decode, to_pil
 from model.pipeline import (
@@ -100,8 +102,10 @@ def test_same_seed_same_bytes_other_seed_other_image(generator: Generator, tmp_p
 
 def test_references_are_decoded_at_three_times_what_the_image_encoder_reads(generator: Generator) -> None:
     """model/images.py reduces references to REFERENCE_DECODE_SIDE: 3x the loaded encoder's input,
-    as its preprocessor (the one diffusers builds for the image encoder) resizes and crops."""
+    as its preprocessor resizes and crops. That is diffusers' IP-Adapter preprocessing, on the PIL
+    backend that the project's image (no torchvision) has, whatever this machine has installed."""
     processor = generator.pipe.feature_extractor
+    assert type(processor) is CLIPImageProcessorPil
     side = max(processor.size["shortest_edge"], processor.crop_size["height"], processor.crop_size["width"])
     assert side == generator.pipe.image_encoder.config.image_size == 224
     assert 3 * side == REFERENCE_DECODE_SIDE
@@ -392,6 +396,9 @@ def test_turbo_fuses_sdxl_lightning_runs_4_steps_without_cfg(
     turbo = Generator(Settings(weights_dir=tiny_weights, device="cpu", turbo=True, steps=30, guidance=7.0))
     assert turbo.settings.effective_steps == 4 and turbo.settings.effective_guidance == 0.0
     assert turbo.pipe.scheduler.config.timestep_spacing == "trailing"
+    # Without turbo, SDXL's own sampler as its repository configures it ("leading").
+    saved = json.loads((tiny_weights / SDXL_BASE.folder / "scheduler" / "scheduler_config.json").read_text())
+    assert generator.pipe.scheduler.config.timestep_spacing == saved["timestep_spacing"] == "leading"
     assert turbo.refiner.scheduler is turbo.pipe.scheduler
     # The LoRA is fused into the UNet's weights (not left as extra layers).
     name = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
@@ -454,20 +461,25 @@ def test_turbo_fuses_the_lora_alike_from_kohyas_layouts(
     layout, with diffusers' module names or the original SGM UNet's. diffusers converts either on
     the same call: the fused UNet comes out the same as from the stand-in."""
     expected = turbo_unet_from_the_stand_in
-    weights = tmp_path / "weights"
-    for repo in ALL_REPOS:
-        (weights / repo.folder).parent.mkdir(parents=True, exist_ok=True)
-        (weights / repo.folder).symlink_to(tiny_weights / repo.folder)
     peft = load_file(tiny_weights / SDXL_LIGHTNING.folder / LIGHTNING_LORA_WEIGHT)
     unet_config = UNet.load_config(tiny_weights / SDXL_BASE.folder / "unet")
     lora = kohya_keys(peft, unet_config["layers_per_block"] if layout == "kohya-sgm" else None)
     assert not any(key.startswith("unet.") for key in lora) and len(lora) == len(peft) * 3 // 2
-    (weights / SDXL_LIGHTNING.folder).mkdir()
-    save_file(lora, weights / SDXL_LIGHTNING.folder / LIGHTNING_LORA_WEIGHT)
-    fused = load_pipeline(weights, CPU_FP32, turbo=True).unet.state_dict()
+    fused = load_pipeline(weights_with_lora(tiny_weights, tmp_path, lora), CPU_FP32, turbo=True).unet.state_dict()
     assert fused.keys() == expected.keys()
     for key, value in expected.items():
         torch.testing.assert_close(fused[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def weights_with_lora(tiny_weights: Path, tmp_path: Path, lora: dict[str, torch.Tensor]) -> Path:
+    """A weights folder: the tiny repositories linked, and `lora` as the turbo LoRA file."""
+    weights = tmp_path / "weights"
+    for repo in ALL_REPOS:
+        (weights / repo.folder).parent.mkdir(parents=True, exist_ok=True)
+        (weights / repo.folder).symlink_to(tiny_weights / repo.folder)
+    (weights / SDXL_LIGHTNING.folder).mkdir()
+    save_file(lora, weights / SDXL_LIGHTNING.folder / LIGHTNING_LORA_WEIGHT)
+    return weights
 
 
 def test_turbo_without_its_lora_names_the_download(tiny_weights: Path, tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ import pathlib
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import CLIPImageProcessor
 
 from model.errors import InputError
 from model.images import check_source, decode_reference
+from model.pipeline import clip_processor
 from model.tables import REFERENCE_DECODE_SIDE
 from scripts.benchmark import photo_like
 from tests.conftest import png_bytes
@@ -127,11 +127,11 @@ def test_rules_read_the_upright_declared_size_not_the_reduced_one(tmp_path: path
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_the_reduced_decode_reaches_the_encoder_as_the_full_one_would(tmp_path: pathlib.Path, fmt: str) -> None:
-    """The image encoder's input (224x224, from the CLIPImageProcessor diffusers builds for h94's
-    ViT-H) from the reduced decode against the full one: differences of a fraction of one 8-bit
+    """The image encoder's input (224x224, from the processor the pipeline builds for h94's ViT-H)
+    from the reduced decode against the full one: differences of a fraction of one 8-bit
     level on average, a couple of levels at most (JPEG re-encoding alone changes more)."""
     path = write(tmp_path, photo(4032, 3024, fmt=fmt))
-    processor = CLIPImageProcessor(size=224, crop_size=224)
+    processor = clip_processor(224)
     reduced, full = (
         processor(images=[decode_reference(path, FIELD, side=side)], return_tensors="np").pixel_values[0]
         for side in (REFERENCE_DECODE_SIDE, None)

@@ -118,6 +118,15 @@ def test_health_and_openapi(cog_server: CogServer) -> None:
     assert by_order == ["seed", "prompt", "resolution", "aspect_ratio", "reference_tags", "reference_images"]
 
 
+def test_the_setup_log_says_what_loaded_and_nothing_else(cog_server: CogServer, queue_state_file: Path) -> None:
+    """What the worker printed at setup: the one line that names the weights, not the libraries'
+    loading progress bars or their warnings that say nothing about this server (model/logfilters.py)."""
+    log = (queue_state_file.parent / "server.log").read_text().splitlines()
+    events = (json.loads(line) for line in log if line.startswith("{"))
+    setup = [e["fields"]["message"] for e in events if e.get("target") == "coglet::setup"]
+    assert len(setup) == 1 and setup[0].startswith("Loaded SDXL + IP-Adapter Plus with TINY RANDOM weights"), setup
+
+
 def test_sync_prediction_of_the_seed_example(cog_server: CogServer) -> None:
     response = cog_server.predict(seed_request())
     body = response.json()
