@@ -160,10 +160,10 @@ def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> S
             image_encoder_folder=IMAGE_ENCODER_SUBFOLDER,  # loaded in the pipeline's dtype
         )
         if turbo:
+            load_unet_lora(pipe, weights_dir / SDXL_LIGHTNING.folder / LIGHTNING_LORA_WEIGHT)
             # Fused into the weights, then the LoRA layers dropped: no per-step LoRA cost, and the
             # attention processors installed later see plain Linear layers.
-            pipe.load_lora_weights(str(weights_dir / SDXL_LIGHTNING.folder), weight_name=LIGHTNING_LORA_WEIGHT)
-            pipe.fuse_lora(lora_scale=1.0)
+            pipe.fuse_lora(components=["unet"], lora_scale=1.0)
             pipe.unload_lora_weights()
             # SDXL-Lightning's sampler: Euler with trailing timestep spacing (its model card).
             pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
@@ -183,6 +183,21 @@ def load_pipeline(weights_dir: Path, runtime: Runtime, turbo: bool = False) -> S
         dtype,
     )
     return pipe
+
+
+def load_unet_lora(pipe: SDXLPipeline, path: Path) -> None:
+    """Load a UNet-only LoRA (SDXL-Lightning's), in any layout diffusers reads (PEFT, kohya).
+
+    Into the UNet alone: `load_lora_weights` also tries both text encoders and warns twice that it
+    found nothing for them. A file that does hold text-encoder weights is refused rather than half
+    applied."""
+    state_dict, network_alphas = pipe.lora_state_dict(
+        str(path.parent), weight_name=path.name, unet_config=pipe.unet.config
+    )
+    others = sorted({key.split(".", 1)[0] for key in state_dict if not key.startswith(f"{pipe.unet_name}.")})
+    if others:
+        raise ValueError(f"{path} holds LoRA weights for {', '.join(others)}; the turbo LoRA must be UNet-only")
+    pipe.load_lora_into_unet(state_dict, network_alphas=network_alphas, unet=pipe.unet, _pipeline=pipe)
 
 
 def clip_processor(size: int) -> CLIPImageProcessorPil:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import CLIPImageProcessorPil
+from transformers import CLIPImageProcessorPil, CLIPTextConfig
 
 from model.generate import decode, to_pil
 from model.pipeline import (
@@ -480,6 +481,16 @@ def weights_with_lora(tiny_weights: Path, tmp_path: Path, lora: dict[str, torch.
     (weights / SDXL_LIGHTNING.folder).mkdir()
     save_file(lora, weights / SDXL_LIGHTNING.folder / LIGHTNING_LORA_WEIGHT)
     return weights
+
+
+def test_turbo_refuses_a_lora_that_also_holds_text_encoder_weights(tiny_weights: Path, tmp_path: Path) -> None:
+    """The turbo LoRA goes into the UNet alone; text-encoder weights would be dropped unapplied."""
+    lora = load_file(tiny_weights / SDXL_LIGHTNING.folder / LIGHTNING_LORA_WEIGHT)
+    width = CLIPTextConfig.from_pretrained(tiny_weights / SDXL_BASE.folder / "text_encoder").hidden_size
+    q_proj = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+    lora |= {f"{q_proj}.lora_A.weight": torch.zeros(4, width), f"{q_proj}.lora_B.weight": torch.zeros(width, 4)}
+    with pytest.raises(ValueError, match=re.escape(f"{LIGHTNING_LORA_WEIGHT} holds LoRA weights for text_encoder;")):
+        load_pipeline(weights_with_lora(tiny_weights, tmp_path, lora), CPU_FP32, turbo=True)
 
 
 def test_turbo_without_its_lora_names_the_download(tiny_weights: Path, tmp_path: Path) -> None:
