@@ -121,12 +121,18 @@ def test_health_and_openapi(cog_server: CogServer) -> None:
 def test_the_setup_log_says_what_loaded_and_nothing_else(cog_server: CogServer, queue_state_file: Path) -> None:
     """What the worker printed at setup: the one line that names the weights, not the libraries'
     loading progress bars or their warnings that say nothing about this server (model/logfilters.py)."""
-    log = (queue_state_file.parent / "server.log").read_text().splitlines()
-    events = (json.loads(line) for line in log if line.startswith("{"))
     # coglet tags the worker's output `coglet::setup` while setup runs; a line that reaches it just
-    # after setup returned comes as `coglet::user` (seen in CI), outside any prediction either way.
+    # after setup returned comes as `coglet::user` (seen in CI), outside any prediction either way,
+    # and possibly after READY: wait a little for it.
     worker = {"coglet::setup", "coglet::user"}
-    setup = [e["fields"]["message"] for e in events if e["target"] in worker and "prediction_id" not in e["fields"]]
+    deadline = time.monotonic() + 10
+    while True:
+        log = (queue_state_file.parent / "server.log").read_text().splitlines()
+        events = (json.loads(line) for line in log if line.startswith("{"))
+        setup = [e["fields"]["message"] for e in events if e["target"] in worker and "prediction_id" not in e["fields"]]
+        if setup or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert len(setup) == 1 and setup[0].startswith("Loaded SDXL + IP-Adapter Plus with TINY RANDOM weights"), setup
 
 
