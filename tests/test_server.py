@@ -76,11 +76,15 @@ def webhook() -> Iterator[WebhookReceiver]:
     receiver.server.shutdown()
 
 
+def log_events(path: Path) -> list[dict]:
+    """Every event in the server's JSON log so far."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
 def server_log(path: Path, prediction_id: str) -> list[dict]:
     """The events coglet logged for one prediction, from the server's JSON log: what the worker
     said and when, as soon as it said it."""
-    events = (json.loads(line) for line in path.read_text().splitlines() if line.startswith("{"))
-    return [e for e in events if e.get("fields", {}).get("prediction_id") == prediction_id]
+    return [e for e in log_events(path) if e.get("fields", {}).get("prediction_id") == prediction_id]
 
 
 def wait_for_server_log(path: Path, prediction_id: str, message: str, timeout: float = 60) -> None:
@@ -127,8 +131,7 @@ def test_the_setup_log_says_what_loaded_and_nothing_else(cog_server: CogServer, 
     worker = {"coglet::setup", "coglet::user"}
     deadline = time.monotonic() + 10
     while True:
-        log = (queue_state_file.parent / "server.log").read_text().splitlines()
-        events = (json.loads(line) for line in log if line.startswith("{"))
+        events = log_events(queue_state_file.parent / "server.log")
         setup = [e["fields"]["message"] for e in events if e["target"] in worker and "prediction_id" not in e["fields"]]
         if setup or time.monotonic() > deadline:
             break
