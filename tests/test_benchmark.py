@@ -15,12 +15,20 @@ from scripts.host_overhead import SAVINGS
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_fast_benchmark_writes_results(tiny_weights: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def fast_run(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One CI-sized benchmark run (sizes, caches, PNG, reference decoding and the server), which
+    the tests below read: the generator is set up once for all of it."""
+    out = tmp_path_factory.mktemp("benchmark")
     command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--fast"]
-    command += ["--no-server", "--no-injection", "--no-turbo", "--no-compile"]
-    command += ["--weights-dir", str(tiny_weights), "--out", str(tmp_path)]
-    subprocess.run(command, check=True, capture_output=True, timeout=600)
-    result = json.loads((tmp_path / "benchmark-tiny-cpu.json").read_text())
+    command += ["--no-injection", "--no-turbo", "--no-compile"]
+    command += ["--weights-dir", str(tiny_weights), "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, timeout=900)
+    return out
+
+
+def test_fast_benchmark_writes_results(fast_run: Path) -> None:
+    result = json.loads((fast_run / "benchmark-tiny-cpu.json").read_text())
     assert result["weights"] == "tiny random" and result["device"].startswith("CPU")
     assert result["dtype"] == "float32" and result["settings"]["steps"] == "2"
     entries = {(row["entry"], row["references"]) for row in result["sizes"]}
@@ -34,7 +42,7 @@ def test_fast_benchmark_writes_results(tiny_weights: Path, tmp_path: Path) -> No
     png = result["png"]  # sizes are exact; the times are only checked to be there
     assert png["entry"] == "1080p 4:3" and png["noise_size_over_pillow"] <= 1.001
     assert png["photo_like_size_over_pillow"] <= 1.02 and png["photo_like_ms"] > 0
-    assert "| 1080p 4:3 | 1440x1080 | 3 |" in (tmp_path / "benchmark-tiny-cpu.md").read_text()
+    assert "| 1080p 4:3 | 1440x1080 | 3 |" in (fast_run / "benchmark-tiny-cpu.md").read_text()
 
 
 def test_injection_op_count(tiny_weights: Path, tmp_path: Path) -> None:
@@ -74,15 +82,11 @@ def test_host_overhead_builds_the_skeleton_and_switches_each_saving_off(tmp_path
     )
 
 
-def test_server_overhead_is_taken_per_prediction_from_the_servers_log(tiny_weights: Path, tmp_path: Path) -> None:
+def test_server_overhead_is_taken_per_prediction_from_the_servers_log(fast_run: Path) -> None:
     """The real server on tiny weights: every measured prediction is found in coglet's log, and
     the overhead's parts add up (end to end = HTTP and coglet + worker around the Generator +
     the Generator, per prediction, so the medians agree to within rounding of the spread)."""
-    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--fast", "--no-sizes"]
-    command += ["--no-injection", "--no-turbo", "--no-compile", "--no-reference-decode"]
-    command += ["--weights-dir", str(tiny_weights), "--out", str(tmp_path)]
-    subprocess.run(command, check=True, capture_output=True, timeout=600)
-    server = json.loads((tmp_path / "benchmark-tiny-cpu.json").read_text())["server"]
+    server = json.loads((fast_run / "benchmark-tiny-cpu.json").read_text())["server"]
     assert server["entry"] == "1080p 4:3" and server["server_setup_s"] > 0
     parts = server["http_and_coglet_s"] + server["worker_outside_generator_s"]
     assert 0 < server["http_and_coglet_s"] < server["server_overhead_s"] < server["end_to_end_s"]
