@@ -22,10 +22,11 @@ prediction, the end-to-end time minus the Generator's own time in the worker (co
 timestamps), so that generation noise cancels.
 Injection: the same request through the loaded pipeline as diffusers' plain multi-image IP-Adapter
 and with this project's per-tag region masks, interleaved. Writes JSON and a markdown table under
-docs/benchmarks/, naming device, versions and date. Uses the real weights when the folder holds
-them; otherwise random ones built by scripts/make_random_weights.py: the published full-size
-architectures on CUDA (real GPU timings, no download), tiny ones on a CPU (then only ratios mean
-anything, and only for that CPU). --fast: 2 entries, 1 run, 2 steps (for CI).
+docs/benchmarks/, naming device, versions and date, after each part (`complete` is false until the
+end), so that a run stopped at a time limit keeps what it finished. Uses the real weights when the
+folder holds them; otherwise random ones built by scripts/make_random_weights.py: the published
+full-size architectures on CUDA (real GPU timings, no download), tiny ones on a CPU (then only
+ratios mean anything, and only for that CPU). --fast: 2 entries, 1 run, 2 steps (for CI).
 """
 
 from __future__ import annotations
@@ -511,6 +512,8 @@ def markdown(result: dict) -> str:
         + f"; setup {result['setup_s']} s",
         "",
     ]
+    if result.get("complete") is False:
+        lines += ["**Incomplete**: the run stopped before its end; below are the parts it finished.", ""]
     if result.get("sizes"):
         stage_names = sorted({k for row in result["sizes"] for k in row["stages_s"]})
         lines += [
@@ -620,39 +623,51 @@ def main() -> None:
         settings = replace(settings_from_env(), weights_dir=weights, steps=args.steps, turbo=False, compile=False)
         generator = Generator(settings)
     setup_s = time.perf_counter() - started
+    stem = f"benchmark-{weights_label(weights).split()[0]}-{generator.runtime.device.type}"
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save(result: dict, complete: bool) -> None:
+        """Write the results so far: a run stopped at a time limit (the GPU machine's 10 minutes)
+        still leaves every finished part, marked incomplete."""
+        result["complete"] = complete
+        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / f"{stem}.md").write_text(markdown(result) + "\n")
+
     with tempfile.TemporaryDirectory() as folder:
         refs = reference_files(Path(folder))
-        sizes = [] if args.no_sizes else bench_sizes(generator, entries, refs, args.runs)
-        result = {
-            **run_facts(generator),
-            "steps": args.steps,
-            "runs": args.runs,
-            "setup_s": round(setup_s, 2),
-            "sizes": sizes,
-            "reference_cache": bench_reference_cache(generator, max(3, args.runs)),
-            "png": bench_png(entries[-1], max(7, args.runs)),
-        }
+        result = {**run_facts(generator), "steps": args.steps, "runs": args.runs, "setup_s": round(setup_s, 2)}
+        parts: list[tuple[str, Callable[[], object]]] = [
+            ("sizes", lambda: [] if args.no_sizes else bench_sizes(generator, entries, refs, args.runs)),
+            ("reference_cache", lambda: bench_reference_cache(generator, max(3, args.runs))),
+            ("png", lambda: bench_png(entries[-1], max(7, args.runs))),
+        ]
         if not args.no_reference_decode:
-            result["reference_decode"] = bench_reference_decode(generator, args.runs)
+            parts.append(("reference_decode", lambda: bench_reference_decode(generator, args.runs)))
+        variant_runs = max(3, args.runs)
+        if not args.no_turbo and not missing_repos(weights, turbo=True):
+            parts.append(("turbo", lambda: bench_variant(generator, "turbo", entries[-1], refs, variant_runs)))
+        if not args.no_compile:
+            parts.append(("compile", lambda: bench_variant(generator, "compile", entries[-1], refs, variant_runs)))
+        if generator.graphs is not None and not args.no_graphs:
+            off = {"cuda_graphs": False}
+            parts.append(
+                ("cuda_graphs", lambda: bench_variant(generator, "eager", entries[-1], refs, variant_runs, off))
+            )
+        if not args.no_server:
+            parts.append(
+                ("server", lambda: bench_server(generator, weights, args.steps, entries[-1], refs, variant_runs))
+            )
+        # Last, as the longest part (--injection-runs): a run cut short loses it first.
         if not args.no_injection:
             width, height = plan_for(*entries[-1]).base
             if args.injection_size:
                 width, height = (int(v) for v in args.injection_size.lower().split("x"))
             runs = args.injection_runs or max(3, args.runs)
-            result["injection"] = bench_injection(generator, args.steps, runs, width, height)
-        if not args.no_turbo and not missing_repos(weights, turbo=True):
-            result["turbo"] = bench_variant(generator, "turbo", entries[-1], refs, max(3, args.runs))
-        if not args.no_compile:
-            result["compile"] = bench_variant(generator, "compile", entries[-1], refs, max(3, args.runs))
-        if generator.graphs is not None and not args.no_graphs:
-            off = {"cuda_graphs": False}
-            result["cuda_graphs"] = bench_variant(generator, "eager", entries[-1], refs, max(3, args.runs), off)
-        if not args.no_server:
-            result["server"] = bench_server(generator, weights, args.steps, entries[-1], refs, max(3, args.runs))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"benchmark-{weights_label(weights).split()[0]}-{generator.runtime.device.type}"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(result) + "\n")
+            parts.append(("injection", lambda: bench_injection(generator, args.steps, runs, width, height)))
+        for key, measure in parts:
+            result[key] = measure()
+            save(result, complete=False)
+    save(result, complete=True)
     log.info("wrote %s", args.out / f"{stem}.md")
 
 

@@ -29,6 +29,7 @@ def fast_run(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def test_fast_benchmark_writes_results(fast_run: Path) -> None:
     result = json.loads((fast_run / "benchmark-tiny-cpu.json").read_text())
+    assert result["complete"] is True
     assert result["weights"] == "tiny random" and result["device"].startswith("CPU")
     assert result["dtype"] == "float32" and result["settings"]["steps"] == "2"
     entries = {(row["entry"], row["references"]) for row in result["sizes"]}
@@ -43,6 +44,30 @@ def test_fast_benchmark_writes_results(fast_run: Path) -> None:
     assert png["entry"] == "1080p 4:3" and png["noise_size_over_pillow"] <= 1.001
     assert png["photo_like_size_over_pillow"] <= 1.02 and png["photo_like_ms"] > 0
     assert "| 1080p 4:3 | 1440x1080 | 3 |" in (fast_run / "benchmark-tiny-cpu.md").read_text()
+    assert "Incomplete" not in (fast_run / "benchmark-tiny-cpu.md").read_text()
+
+
+def test_a_run_stopped_midway_keeps_the_parts_it_finished(
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files are written after each part, so that a run cut off at a time limit (the GPU
+    machine's) still returns what it measured, marked incomplete."""
+    import scripts.benchmark as benchmark
+
+    def cut_off(*args: object) -> dict:
+        raise KeyboardInterrupt  # as a run stopped from outside
+
+    monkeypatch.setattr(benchmark, "bench_server", cut_off)
+    argv = ["benchmark.py", "--fast", "--no-sizes", "--no-reference-decode", "--no-injection", "--no-turbo"]
+    argv += ["--no-compile", "--weights-dir", str(tiny_weights), "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main()
+    result = json.loads((tmp_path / "benchmark-tiny-cpu.json").read_text())
+    assert result["complete"] is False and "server" not in result
+    assert result["png"]["entry"] == "1080p 4:3" and result["reference_cache"]["cold_s"] > 0
+    table = (tmp_path / "benchmark-tiny-cpu.md").read_text()
+    assert "**Incomplete**" in table and "**png**" in table
 
 
 def test_injection_op_count(tiny_weights: Path, tmp_path: Path) -> None:
