@@ -662,7 +662,7 @@ def main() -> None:
             width, height = plan_for(*entries[-1]).base
             if args.injection_size:
                 width, height = (int(v) for v in args.injection_size.lower().split("x"))
-            runs = args.injection_runs or max(3, args.runs)
+            runs = args.injection_runs or variant_runs
             parts.append(("injection", lambda: bench_injection(generator, args.steps, runs, width, height)))
         for key, measure in parts:
             result[key] = measure()
