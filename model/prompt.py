@@ -14,6 +14,19 @@ from dataclasses import dataclass
 # a word or an e-mail address ("a@b.com" is not a mention of "b").
 MENTION_RE = re.compile(r"(?<![A-Za-z0-9._%+\-@])@([A-Za-z][A-Za-z0-9]*)")
 
+# Words that, before a mention, make it the place rather than a subject ("standing in @park").
+PLACE_WORDS = ("in", "at", "inside", "on", "into", "through", "across", "near", "over", "under", "within")
+# Between the place word and the mention may stand determiners ("in the @park", "in her @kitchen"),
+# the last of them followed by one more word, an adjective or a possessive ("at a busy @cafe",
+# "in the city's @park"). A determiner is required before that word, so that "at night @woman
+# walks" does not make the woman a place.
+DETERMINERS = ("a", "an", "the", "this", "that", "these", "those", "my", "your", "his", "her", "its", "our", "their")
+_PLACE_BEFORE_RE = re.compile(
+    rf"\b(?:{'|'.join(PLACE_WORDS)})\s+(?:(?:{'|'.join(DETERMINERS)})\s+)*"
+    rf"(?:(?:{'|'.join(DETERMINERS)})\s+[a-z0-9][a-z0-9'’-]*\s+)?$",
+    re.IGNORECASE,
+)
+
 
 @dataclass(frozen=True)
 class Mention:
@@ -35,6 +48,11 @@ class ParsedPrompt:
     def mentioned_tags(self) -> tuple[str, ...]:
         """Distinct mentioned tags in order of first mention."""
         return tuple(dict.fromkeys(m.tag for m in self.mentions))
+
+    def names_a_place(self, tag: str) -> bool:
+        """Whether the tag's first mention names the place ("in @park", "at a busy @cafe")."""
+        first = next(m for m in self.mentions if m.tag == tag)
+        return _PLACE_BEFORE_RE.search(self.text[: first.start]) is not None
 
 
 def find_mentions(prompt: str) -> list[str]:

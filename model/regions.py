@@ -27,9 +27,6 @@ from diffusers.models.attention_processor import (
 
 from model.prompt import ParsedPrompt
 
-# Words that, right before a mention, make it the place rather than a subject.
-PLACE_WORDS = frozenset({"in", "at", "inside", "on", "into", "through", "across", "near", "over", "under", "within"})
-
 
 @dataclass(frozen=True)
 class RegionConfig:
@@ -66,9 +63,7 @@ def bind_references(
         if tag is None or tag not in positions:
             bindings.append(Binding(index=index, tag=tag, kind="global"))
             continue
-        first = next(m for m in parsed.mentions if m.tag == tag)
-        words = parsed.text[: first.start].split()
-        kind = "place" if words and words[-1].lower() in PLACE_WORDS else "subject"
+        kind = "place" if parsed.names_a_place(tag) else "subject"
         bindings.append(Binding(index=index, tag=tag, kind=kind, tokens=positions[tag]))
     if not any(b.kind == "subject" for b in bindings):
         # Nothing claims a region, so the place is simply everywhere.

@@ -84,3 +84,33 @@ def test_parse_prompt_rewrites_and_keeps_spans(prompt: str, text: str, spans: li
     assert [(m.tag, m.start, m.end) for m in parsed.mentions] == spans
     for m in parsed.mentions:
         assert parsed.text[m.start : m.end] == m.tag
+
+
+@pytest.mark.parametrize(
+    ("prompt", "places"),
+    [
+        ("@woman and @man standing in @park", {"park"}),  # Replicate's example
+        ("@woman reading in the @park", {"park"}),
+        ("@man at a busy @cafe", {"cafe"}),
+        ("@woman In The @park", {"park"}),  # case does not matter
+        ("@woman cooking in her @kitchen", {"kitchen"}),
+        ("@woman walking in the city's @park", {"park"}),
+        ("@man sitting on a sun-lit @bench", {"bench"}),
+        ("@woman inside @house and within the @garden", {"house", "garden"}),
+        ("@man in the @park with @dog", {"park"}),  # "with" makes the dog a subject
+        ("@dog under @table", {"table"}),
+        ("@woman in sunny @park", set()),  # a word with no determiner before it: a subject
+        ("at night @woman walks in the @rain", {"rain"}),  # not "at night @woman"
+        ("in the end, @woman smiles", set()),  # the comma ends the phrase
+        ("portrait of @woman in the @park", {"park"}),
+        ("@park in the morning, @woman in it", set()),  # the first mention decides
+        ("@woman holding @cup", set()),
+        ("@woman within @park", {"park"}),
+        ("a cabin near the old @lake", {"lake"}),
+        ("@woman and the @man", set()),
+        ("@man on the left, @woman on the right", set()),
+    ],
+)
+def test_a_mention_after_a_place_word_names_the_place(prompt: str, places: set[str]) -> None:
+    parsed = parse_prompt(prompt)
+    assert {tag for tag in parsed.mentioned_tags() if parsed.names_a_place(tag)} == places
