@@ -3,8 +3,10 @@
     python scripts/download_weights.py [--weights-dir weights]
 
 SDXL base 1.0 (fp16 variant), the fp16-fix SDXL VAE, and IP-Adapter Plus for SDXL with its ViT-H
-image encoder (see model/weights.py). What is already present is skipped. Needs network access to
-the Hugging Face hub; never runs at import or test time.
+image encoder (see model/weights.py). What is already present is skipped; a repository that the
+local Hugging Face cache (HF_HUB_CACHE) already holds whole is hard-linked from there (copied
+across filesystems) without the hub. Anything else needs network access to the Hugging Face hub;
+never runs at import or test time.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from diffusers.models.attention import AttentionMixin
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPImageProcessorPil, CLIPTextConfig
@@ -369,7 +370,11 @@ def test_setup_downloads_missing_weights_into_the_folder_then_loads(
     real setup path: what is missing is fetched into WEIGHTS_DIR, in its layout, then loaded."""
     fetched: list[str] = []
 
-    def fake_snapshot_download(repo_id: str, local_dir: Path, allow_patterns: list[str], token: str | None) -> str:
+    def fake_snapshot_download(
+        repo_id: str, allow_patterns: list[str], local_dir: Path | None = None, **kw: object
+    ) -> str:
+        if kw.get("local_files_only"):  # the local Hugging Face cache's lookup (tests/test_download.py)
+            raise LocalEntryNotFoundError(f"{repo_id} is not in the cache")
         repo = next(r for r in ALL_REPOS if r.repo_id == repo_id)
         shutil.copytree(tiny_weights / repo.folder, local_dir, dirs_exist_ok=True)
         fetched.append(repo_id)
