@@ -21,6 +21,7 @@ PLACE_WORDS = ("in", "at", "inside", "on", "into", "through", "across", "near", 
 # "in the city's @park"). A determiner is required before that word, so that "at night @woman
 # walks" does not make the woman a place.
 DETERMINERS = ("a", "an", "the", "this", "that", "these", "those", "my", "your", "his", "her", "its", "our", "their")
+POSSESSIVES = ("'s", "’s")
 _PLACE_BEFORE_RE = re.compile(
     rf"\b(?:{'|'.join(PLACE_WORDS)})\s+(?:(?:{'|'.join(DETERMINERS)})\s+)*"
     rf"(?:(?:{'|'.join(DETERMINERS)})\s+[a-z0-9][a-z0-9'’-]*\s+)?$",
@@ -50,8 +51,11 @@ class ParsedPrompt:
         return tuple(dict.fromkeys(m.tag for m in self.mentions))
 
     def names_a_place(self, tag: str) -> bool:
-        """Whether the tag's first mention names the place ("in @park", "at a busy @cafe")."""
+        """Whether the tag's first mention names the place ("in @park", "at a busy @cafe"). A
+        possessive names its owner, not the place: "a parrot on @woman's shoulder"."""
         first = next(m for m in self.mentions if m.tag == tag)
+        if self.text[first.end : first.end + 2] in POSSESSIVES:
+            return False
         return _PLACE_BEFORE_RE.search(self.text[: first.start]) is not None
 
 

@@ -109,6 +109,8 @@ def test_parse_prompt_rewrites_and_keeps_spans(prompt: str, text: str, spans: li
         ("a cabin near the old @lake", {"lake"}),
         ("@woman and the @man", set()),
         ("@man on the left, @woman on the right", set()),
+        ("a parrot over the @woman's shoulder", set()),  # a possessive names the owner
+        ("a cat on @man's lap in the @kitchen", {"kitchen"}),
     ],
 )
 def test_a_mention_after_a_place_word_names_the_place(prompt: str, places: set[str]) -> None:
