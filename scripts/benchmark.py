@@ -636,14 +636,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         refs = reference_files(Path(folder))
         result = {**run_facts(generator), "steps": args.steps, "runs": args.runs, "setup_s": round(setup_s, 2)}
+        # The parts that compare two timings (cached or not, a variant or the default) take at least 3 runs.
+        variant_runs = max(3, args.runs)
         parts: list[tuple[str, Callable[[], object]]] = [
             ("sizes", lambda: [] if args.no_sizes else bench_sizes(generator, entries, refs, args.runs)),
-            ("reference_cache", lambda: bench_reference_cache(generator, max(3, args.runs))),
+            ("reference_cache", lambda: bench_reference_cache(generator, variant_runs)),
             ("png", lambda: bench_png(entries[-1], max(7, args.runs))),
         ]
         if not args.no_reference_decode:
             parts.append(("reference_decode", lambda: bench_reference_decode(generator, args.runs)))
-        variant_runs = max(3, args.runs)
         if not args.no_turbo and not missing_repos(weights, turbo=True):
             parts.append(("turbo", lambda: bench_variant(generator, "turbo", entries[-1], refs, variant_runs)))
         if not args.no_compile:
