@@ -204,6 +204,29 @@ def generator_seconds(server_log: str) -> dict[str, float]:
     return seconds
 
 
+# coglet's own log lines (its JSON log) that bound the phases of a server's start.
+STARTUP_LINES = {"import": ("Loading predictor", "Running setup"), "setup": ("Running setup", "Setup complete")}
+
+
+def startup_phases(server_log: str) -> dict[str, float]:
+    """Seconds of each phase of the server's start, by coglet's timestamps: the worker's import of
+    predict.py (torch, diffusers, ...) and Predictor.setup(), the two that time-to-READY is made of."""
+    stamps: dict[str, float] = {}
+    for line in server_log.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        message = str((record.get("fields") or {}).get("message", ""))
+        if message in {mark for pair in STARTUP_LINES.values() for mark in pair} and message not in stamps:
+            stamps[message] = dt.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+    return {
+        phase: round(stamps[end] - stamps[start], 2)
+        for phase, (start, end) in STARTUP_LINES.items()
+        if start in stamps and end in stamps
+    }
+
+
 def served_inputs(entry: tuple[str, str], references: list[Path]) -> dict:
     """The benchmark's request as a Cog server takes it: the references as data URIs."""
     return {
@@ -251,14 +274,22 @@ def bench_server(
                 )
             finally:
                 server.stop()
-        model_s = generator_seconds(log_path.read_text())
+        server_log_text = log_path.read_text()
+        model_s = generator_seconds(server_log_text)
+        phases = startup_phases(server_log_text)
     measured = served_runs[1:]  # without the warm-up
     missing = [pid for pid, _, _ in measured if pid not in model_s]
     if missing:
         raise RuntimeError(f"the server log has no Generator lines for predictions {missing}")
     return {
         "entry": f"{entry[0]} {entry[1]}",
+        # From starting the server to READY ...
         "server_setup_s": round(setup_s, 2),
+        # ... of which the worker's import of predict.py and Predictor.setup() (coglet's log).
+        "server_import_s": phases.get("import"),
+        "server_predictor_setup_s": phases.get("setup"),
+        # The server's first request after READY: on CUDA it captures its graphs.
+        "first_request_s": round(served_runs[0][1], 4),
         "end_to_end_s": served_s,
         "in_process_s": local_s,
         "served_minus_in_process_s": round(served_s - local_s, 4),

@@ -117,6 +117,9 @@ def test_server_overhead_is_taken_per_prediction_from_the_servers_log(fast_run: 
     assert 0 < server["http_and_coglet_s"] < server["server_overhead_s"] < server["end_to_end_s"]
     assert server["server_overhead_s"] == pytest.approx(parts, abs=0.05)
     assert server["served_minus_in_process_s"] == round(server["end_to_end_s"] - server["in_process_s"], 4)
+    start = server["server_import_s"] + server["server_predictor_setup_s"]
+    assert min(server["server_import_s"], server["server_predictor_setup_s"]) > 0
+    assert start < server["server_setup_s"] and server["first_request_s"] > 0
 
 
 def test_generator_seconds_reads_coglets_json_log() -> None:
@@ -138,3 +141,17 @@ def test_generator_seconds_reads_coglets_json_log() -> None:
         ]
     )
     assert generator_seconds(log) == {"p1": pytest.approx(2.49)}
+
+
+def test_startup_phases_read_coglets_json_log() -> None:
+    """The worker's import and Predictor.setup() from coglet's own lines; a phase whose end is
+    missing (a server stopped during setup) is left out."""
+    from scripts.benchmark import startup_phases
+
+    def line(stamp: str, message: str) -> str:
+        return json.dumps({"timestamp": f"2026-11-23T00:00:{stamp}Z", "fields": {"message": message}})
+
+    log = [line("01.000000", "Loading predictor"), "stderr", line("12.500000", "Running setup")]
+    assert startup_phases("\n".join(log)) == {"import": 11.5}
+    log += [line("17.250000", "Setup complete"), line("17.300000", "Server ready")]
+    assert startup_phases("\n".join(log)) == {"import": 11.5, "setup": 4.75}
