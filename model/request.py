@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from model.errors import InputError, show
-from model.images import check_source, decode_reference, reference_field, source_of
+from model.images import check_source, decode_references, reference_field, source_of
 from model.prompt import ParsedPrompt, find_mentions, parse_prompt
 from model.tables import (
     ASPECT_RATIOS,
@@ -117,19 +117,13 @@ def validate_request(request: Request) -> ValidRequest:
     check_fields(request)
     tags: list[str | None] = list(request.reference_tags)
     tags += [None] * (len(request.reference_images) - len(tags))
+    fields = [reference_field(i, tag) for i, tag in enumerate(tags)]
     # Every source is checked before any image is opened: never touch a file for a refused request.
-    paths = [
-        check_source(item, reference_field(i, tag))
-        for i, (item, tag) in enumerate(zip(request.reference_images, tags, strict=True))
-    ]
+    paths = [check_source(item, field) for item, field in zip(request.reference_images, fields, strict=True)]
+    images = decode_references(list(zip(paths, fields, strict=True)))
     references = tuple(
-        Reference(
-            index=i,
-            tag=tag,
-            image=decode_reference(path, reference_field(i, tag)),
-            source=source_of(item),
-        )
-        for i, (item, tag, path) in enumerate(zip(request.reference_images, tags, paths, strict=True))
+        Reference(index=i, tag=tag, image=image, source=source_of(item))
+        for i, (item, tag, image) in enumerate(zip(request.reference_images, tags, images, strict=True))
     )
     width, height = output_size(request.resolution, request.aspect_ratio)
     return ValidRequest(

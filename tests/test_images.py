@@ -5,13 +5,15 @@ from __future__ import annotations
 import functools
 import io
 import pathlib
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from model import images
 from model.errors import InputError
-from model.images import check_source, decode_reference
+from model.images import check_source, decode_reference, decode_references
 from model.pipeline import clip_processor
 from model.tables import REFERENCE_DECODE_SIDE
 from scripts.benchmark import photo_like
@@ -166,3 +168,36 @@ def test_downloaded_paths_pass_and_foreign_sources_do_not(tmp_path: pathlib.Path
     bad.source = "file:///etc/passwd"
     with pytest.raises(InputError):
         check_source(bad, FIELD)
+
+
+def test_references_decode_at_once_each_as_alone(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three references in three threads at once (each waits at a barrier that only three decodes
+    running together pass), giving the very pixels of decoding each alone."""
+    files = [
+        (write(tmp_path, photo(4032, 3024, orientation=6), "phone"), "reference_images[0]"),
+        (write(tmp_path, palette_png_with_transparency(), "palette"), "reference_images[1]"),
+        (write(tmp_path, cmyk_jpeg(), "cmyk"), "reference_images[2]"),
+    ]
+    alone = [decode_reference(path, field) for path, field in files]
+    together = threading.Barrier(len(files), timeout=30)
+
+    def decode_together(path: pathlib.Path, field: str, side: int | None) -> Image.Image:
+        together.wait()
+        return decode_reference(path, field, side)
+
+    monkeypatch.setattr(images, "decode_reference", decode_together)
+    decoded = decode_references(files)
+    assert [np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(alone, decoded, strict=True)] == [True] * 3
+
+
+@pytest.mark.parametrize(("broken", "named"), [((1, 2), 1), ((0, 2), 0), ((2,), 2)])
+def test_of_several_broken_references_the_first_is_named(
+    tmp_path: pathlib.Path, broken: tuple[int, ...], named: int
+) -> None:
+    files = [
+        (write(tmp_path, b"not an image" if i in broken else png_bytes((64, 64)), f"ref{i}"), f"reference_images[{i}]")
+        for i in range(3)
+    ]
+    with pytest.raises(InputError) as info:
+        decode_references(files)
+    assert info.value.field == f"reference_images[{named}]"
