@@ -71,7 +71,7 @@ from model.settings import settings_from_env  # noqa: E402
 from model.tables import OUTPUT_SIZES, REFERENCE_DECODE_SIDE  # noqa: E402
 from model.tokens import mention_positions  # noqa: E402
 from model.weights import missing_repos, weights_label  # noqa: E402
-from scripts.serve import CogServer  # noqa: E402
+from scripts.serve import CogServer, UploadReceiver  # noqa: E402
 
 log = logging.getLogger("benchmark")
 PROMPT = "a close up portrait of @woman and @man standing in @park, hands in pockets, looking cool."
@@ -240,13 +240,21 @@ def served_inputs(entry: tuple[str, str], references: list[Path]) -> dict:
 
 
 def bench_server(
-    generator: Generator, weights: Path, steps: int, entry: tuple[str, str], refs: list[Path], runs: int
+    generator: Generator,
+    weights: Path,
+    steps: int,
+    entry: tuple[str, str],
+    refs: list[Path],
+    runs: int,
+    upload: bool = False,
 ) -> dict:
     """The same request end to end through the real Cog server and in this process, interleaved
     (after a warm-up of each). The overhead is taken per prediction: its end-to-end time minus the
     Generator's own time inside the worker (from coglet's log timestamps), so that the run-to-run
     spread of the generation itself (seconds on a host-bound GPU) does not hide a few milliseconds.
-    The difference of the medians, served minus in process, is kept for comparison."""
+    The difference of the medians, served minus in process, is kept for comparison. The output
+    comes back as a data URI (the server as `docker run` starts it), or with `upload` as a URL
+    after Cog PUTs the file to a receiver on 127.0.0.1 (`--upload-url`, as Replicate serves it)."""
     inputs = served_inputs(entry, refs)
     request = request_for(entry, refs)
     served_runs: list[tuple[str, float, float]] = []  # (prediction id, end to end, coglet's predict_time)
@@ -255,7 +263,8 @@ def bench_server(
         with open(log_path, "w") as server_log:
             # Its own queue state file: a server already running on this machine keeps its own.
             env = {"GEN4_STEPS": str(steps), "GEN4_QUEUE_STATE_FILE": str(Path(folder) / "queue.json")}
-            server = CogServer(weights, log=server_log, extra_env=env)
+            receiver = UploadReceiver() if upload else None
+            server = CogServer(weights, log=server_log, extra_env=env, upload_url=receiver.url if receiver else None)
             try:
                 setup_started = time.perf_counter()
                 server.wait_ready(timeout=900)
@@ -266,6 +275,7 @@ def bench_server(
                     body = server.predict(inputs).json()
                     seconds = time.perf_counter() - started
                     assert body["status"] == "succeeded", body.get("error")
+                    assert not receiver or body["output"].startswith(receiver.url), body["output"][:80]
                     served_runs.append((body["id"], seconds, body["metrics"]["predict_time"]))
 
                 # Rounded once, here, so that the reported difference is the difference of the reported values.
@@ -274,6 +284,8 @@ def bench_server(
                 )
             finally:
                 server.stop()
+                if receiver:
+                    receiver.stop()
         server_log_text = log_path.read_text()
         model_s = generator_seconds(server_log_text)
         phases = startup_phases(server_log_text)
@@ -283,6 +295,7 @@ def bench_server(
         raise RuntimeError(f"the server log has no Generator lines for predictions {missing}")
     return {
         "entry": f"{entry[0]} {entry[1]}",
+        "output": "uploaded to --upload-url" if upload else "data URI",
         # From starting the server to READY ...
         "server_setup_s": round(setup_s, 2),
         # ... of which the worker's import of predict.py and Predictor.setup() (coglet's log).
@@ -568,7 +581,17 @@ def markdown(result: dict) -> str:
             cells += [row["refine_over_base"], row["peak_gpu_gb"]] + [row["stages_s"].get(k, "") for k in stage_names]
             lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
         lines.append("")
-    for key in ("reference_cache", "reference_decode", "png", "turbo", "compile", "cuda_graphs", "server", "injection"):
+    for key in (
+        "reference_cache",
+        "reference_decode",
+        "png",
+        "turbo",
+        "compile",
+        "cuda_graphs",
+        "server",
+        "server_upload",
+        "injection",
+    ):
         if result.get(key):
             lines += [f"**{key}**: " + ", ".join(f"{k} {v}" for k, v in result[key].items()), ""]
     return "\n".join(lines)
@@ -698,6 +721,12 @@ def main() -> None:
         if not args.no_server:
             parts.append(
                 ("server", lambda: bench_server(generator, weights, args.steps, entries[-1], refs, variant_runs))
+            )
+            parts.append(
+                (
+                    "server_upload",
+                    lambda: bench_server(generator, weights, args.steps, entries[-1], refs, variant_runs, upload=True),
+                )
             )
         # Last, as the longest part (--injection-runs): a run cut short loses it first.
         if not args.no_injection:

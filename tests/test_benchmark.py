@@ -110,12 +110,14 @@ def test_host_overhead_builds_the_skeleton_and_switches_each_saving_off(tmp_path
     )
 
 
-def test_server_overhead_is_taken_per_prediction_from_the_servers_log(fast_run: Path) -> None:
-    """The real server on tiny weights: every measured prediction is found in coglet's log, and
-    the overhead's parts add up (end to end = HTTP and coglet + worker around the Generator +
-    the Generator, per prediction, so the medians agree to within rounding of the spread)."""
-    server = json.loads((fast_run / "benchmark-tiny-cpu.json").read_text())["server"]
-    assert server["entry"] == "1080p 4:3" and server["server_setup_s"] > 0
+@pytest.mark.parametrize(("part", "output"), [("server", "data URI"), ("server_upload", "uploaded to --upload-url")])
+def test_server_overhead_is_taken_per_prediction_from_the_servers_log(fast_run: Path, part: str, output: str) -> None:
+    """The real server on tiny weights, its output returned as a data URI or uploaded to a
+    receiver on 127.0.0.1: every measured prediction is found in coglet's log, and the overhead's
+    parts add up (end to end = HTTP and coglet + worker around the Generator + the Generator, per
+    prediction, so the medians agree to within rounding of the spread)."""
+    server = json.loads((fast_run / "benchmark-tiny-cpu.json").read_text())[part]
+    assert server["entry"] == "1080p 4:3" and server["output"] == output and server["server_setup_s"] > 0
     parts = server["http_and_coglet_s"] + server["worker_outside_generator_s"]
     assert 0 < server["http_and_coglet_s"] < server["server_overhead_s"] < server["end_to_end_s"]
     assert server["server_overhead_s"] == pytest.approx(parts, abs=0.05)

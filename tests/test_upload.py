@@ -4,47 +4,21 @@ prediction's file has its own name, so none overwrites another's (a local receiv
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from scripts.serve import CogServer
+from scripts.serve import CogServer, UploadReceiver
 from tests.conftest import OFFLINE_ENV
-
-
-class UploadReceiver:
-    """Stores every PUT/POST body by request path."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        files = self.files
-
-        class Handler(BaseHTTPRequestHandler):
-            def _store(self) -> None:
-                files[self.path] = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                self.send_response(200)
-                self.end_headers()
-
-            do_PUT = _store  # noqa: N815 - http.server's naming
-            do_POST = _store  # noqa: N815
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/uploads/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[UploadReceiver]:
     r = UploadReceiver()
     yield r
-    r.server.shutdown()
+    r.stop()
 
 
 def test_each_prediction_uploads_its_own_file(tiny_weights: Path, tmp_path: Path, receiver: UploadReceiver) -> None:
