@@ -211,6 +211,7 @@ STARTUP_LINES = {"import": ("Loading predictor", "Running setup"), "setup": ("Ru
 def startup_phases(server_log: str) -> dict[str, float]:
     """Seconds of each phase of the server's start, by coglet's timestamps: the worker's import of
     predict.py (torch, diffusers, ...) and Predictor.setup(), the two that time-to-READY is made of."""
+    marks = {mark for pair in STARTUP_LINES.values() for mark in pair}
     stamps: dict[str, float] = {}
     for line in server_log.splitlines():
         try:
@@ -218,7 +219,7 @@ def startup_phases(server_log: str) -> dict[str, float]:
         except json.JSONDecodeError:
             continue
         message = str((record.get("fields") or {}).get("message", ""))
-        if message in {mark for pair in STARTUP_LINES.values() for mark in pair} and message not in stamps:
+        if message in marks and message not in stamps:
             stamps[message] = dt.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
     return {
         phase: round(stamps[end] - stamps[start], 2)

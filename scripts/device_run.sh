@@ -4,7 +4,8 @@
 #   tests   the GPU tests (tests/test_gpu.py), about 1 min
 #   bench   scripts/benchmark.py at 1080p 4:3 on full-size random weights (no compile), ~5 min
 #   compile the same entry with GEN4_COMPILE only (minutes of compiling)
-#   server  time to READY and the server's overhead alone, after removing the device's packages
+#   server  time to READY and the server's overhead alone (output as a data URI, then uploaded
+#           with --upload-url to a receiver on 127.0.0.1), after removing the device's packages
 #           that the project's image lacks (scikit-learn, torchvision, ...: libraries import them
 #           when present), then `import predict` once more without peft, to show its share
 #   all     tests, then bench, in one call (the machine is let go 30 s after a call: one call
