@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from model.cache import LRUCache
 from model.errors import InputError, show
 from model.images import check_source, decode_references, reference_field, source_of
 from model.prompt import ParsedPrompt, find_mentions, parse_prompt
@@ -112,15 +113,16 @@ def check_fields(request: Request) -> None:
         )
 
 
-def validate_request(request: Request) -> ValidRequest:
-    """Check the request and decode its references; raise InputError on the first problem."""
+def validate_request(request: Request, decoded: LRUCache[Image.Image] | None = None) -> ValidRequest:
+    """Check the request and decode its references (a file decoded before comes from `decoded`,
+    keyed by its bytes); raise InputError on the first problem."""
     check_fields(request)
     tags: list[str | None] = list(request.reference_tags)
     tags += [None] * (len(request.reference_images) - len(tags))
     fields = [reference_field(i, tag) for i, tag in enumerate(tags)]
     # Every source is checked before any image is opened: never touch a file for a refused request.
     paths = [check_source(item, field) for item, field in zip(request.reference_images, fields, strict=True)]
-    images = decode_references(list(zip(paths, fields, strict=True)))
+    images = decode_references(list(zip(paths, fields, strict=True)), cache=decoded)
     references = tuple(
         Reference(index=i, tag=tag, image=image, source=source_of(item))
         for i, (item, tag, image) in enumerate(zip(request.reference_images, tags, images, strict=True))

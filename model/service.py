@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from model.cache import LRUCache
 from model.download import download_missing
 from model.generate import Generation, GenerationInputs, Stopwatch, generate
 from model.graphs import UNetGraphs, install_unet_graphs
+from model.images import image_bytes
 from model.output import OutputWriter, make_masks_dir, write_mask_image
 from model.pipeline import MissingWeightsError, Runtime, compile_blocks, img2img_from, load_pipeline, pick_runtime
 from model.plan import PLANS, Plan, plan_for
@@ -93,6 +95,10 @@ class Generator:
             capacity=settings.reference_cache_size,
         )
         self.encoder.negative()  # computed once, at setup
+        # Decoded references by their file's bytes, so that a repeated file skips decoding.
+        self.decoded: LRUCache[Image.Image] | None = (
+            LRUCache(settings.decoded_cache_mb * 2**20, weigh=image_bytes) if settings.decoded_cache_mb else None
+        )
         self.region_config = RegionConfig()
         install_processors(self.pipe.unet, self.region_config, fuse_self_attention=settings.fuse_qkv)
         # After the processors: a graph records the kernels of the processors installed now.
@@ -141,7 +147,7 @@ class Generator:
 
     def validate(self, request: Request) -> ValidRequest:
         """Every check, references decoded, before any model work (no GPU: runs while queued)."""
-        return validate_request(request)
+        return validate_request(request, self.decoded)
 
     def run(self, valid: ValidRequest, should_stop: StopCheck | None = None) -> Path:
         """Generate a validated request. `should_stop` is checked after every denoising step:
@@ -253,6 +259,8 @@ class Generator:
             "reference_cache_capacity": self.encoder.cache.capacity,
             "text_cache": len(self.text.cache),
             "text_cache_capacity": self.text.cache.capacity,
+            "decoded_cache_bytes": self.decoded.weight if self.decoded else 0,
+            "decoded_cache_capacity_bytes": self.decoded.capacity if self.decoded else 0,
         }
 
     def release_memory(self) -> None:

@@ -59,7 +59,7 @@ from PIL import Image  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from model.cache import LRUCache  # noqa: E402
-from model.images import decode_reference, decode_references  # noqa: E402
+from model.images import decode_reference, decode_references, image_bytes  # noqa: E402
 from model.plan import plan_for  # noqa: E402
 from model.png import PngEncoder  # noqa: E402
 from model.prompt import parse_prompt  # noqa: E402
@@ -386,8 +386,10 @@ def bench_reference_decode(generator: Generator, runs: int) -> dict:
     """Three 12 MP phone photos (4032x3024 JPEGs, EXIF-rotated) from file to the image encoder's
     features, as a request takes them (decode, pixel hash, preprocessing, encoding): decoded in full
     against decoded reduced to the encoder's need (`decode_reference`'s `side`), interleaved; cold
-    (the encoder's cache emptied before each call) and cached (only decode and hash left); and,
-    from the cache, the three decoded at once (as requests do) against one after the other."""
+    (the encoder's cache emptied before each call) and cached (only decode and hash left); from
+    the cache, the three decoded at once (as requests do) against one after the other; and the
+    same three files sent again, found by their bytes in the decoded-image cache (only the files'
+    hash left) against decoded again."""
     pipe = generator.pipe
     identity = "benchmark"
     cold = ReferenceEncoder(pipe.image_encoder, pipe.feature_extractor, identity, capacity=8)
@@ -401,22 +403,29 @@ def bench_reference_decode(generator: Generator, runs: int) -> dict:
             photo_like(4032, 3024, seed=k).save(paths[-1], quality=90, exif=exif.tobytes())
 
         files = [(path, f"reference_images[{i}]") for i, path in enumerate(paths)]
+        decoded: LRUCache[Image.Image] = LRUCache(256 * 2**20, weigh=image_bytes)
 
-        def features(encoder: ReferenceEncoder, side: int | None, one_thread: bool = False) -> None:
+        def features(
+            encoder: ReferenceEncoder,
+            side: int | None,
+            one_thread: bool = False,
+            cache: LRUCache[Image.Image] | None = None,
+        ) -> None:
             if encoder is cold:
                 encoder.cache = LRUCache(8)
             if one_thread:
                 encoder.encode([decode_reference(path, field, side) for path, field in files])
             else:  # as a request decodes them
-                encoder.encode(decode_references(files, side))
+                encoder.encode(decode_references(files, side, cache))
 
-        full_cold, reduced_cold, full_cached, reduced_cached, one_thread_cached = interleaved(
+        full_cold, reduced_cold, full_cached, reduced_cached, one_thread_cached, repeated = interleaved(
             runs,
             lambda: features(cold, None),
             lambda: features(cold, REFERENCE_DECODE_SIDE),
             lambda: features(cached, None),
             lambda: features(cached, REFERENCE_DECODE_SIDE),
             lambda: features(cached, REFERENCE_DECODE_SIDE, one_thread=True),
+            lambda: features(cached, REFERENCE_DECODE_SIDE, cache=decoded),
         )
     return {
         "photos": "3 x 4032x3024 JPEG",
@@ -430,6 +439,9 @@ def bench_reference_decode(generator: Generator, runs: int) -> dict:
         # The three decoded one after the other, against at once (what requests do), from the cache.
         "cached_reduced_one_thread_ms": round(one_thread_cached * 1000, 1),
         "threads_speedup": round(one_thread_cached / reduced_cached, 2),
+        # The same files again: hashed and found in the decoded-image cache, against decoded again.
+        "repeated_files_ms": round(repeated * 1000, 1),
+        "repeated_files_speedup": round(reduced_cached / repeated, 2),
     }
 
 

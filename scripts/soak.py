@@ -4,15 +4,16 @@ files must stay flat.
     python scripts/soak.py [--n 200] [--warmup 40] [--weights-dir DIR] [--json FILE]
 
 Starts its own server (tiny offline weights unless --weights-dir holds real ones) with a private
-TMPDIR and a small reference cache, then sends predictions that rotate through the 720p sizes,
-each with a never-seen reference image (so the cache must evict) and a repeated one (so it hits).
-After the warm-up (long enough for every size to recur and the text cache, 32 prompts, to fill)
-it runs --n more and compares: resident memory of the server's process tree, the median of the
-first 10 samples against the median of the last 10 (at most 5% growth; medians, so that one
-transient peak does not decide), the reference cache (never above its bound), and the files under
-TMPDIR (no pile-up while it runs, none left once it stops). Exit status 0 when all hold; its
-working folder (TMPDIR, the queue's state, the server's log unless `soak()` is given another file) is
-removed when the soak passed, and kept for a look (`work_dir` in the report) when it did not.
+TMPDIR and small reference and decoded-image caches, then sends predictions that rotate through
+the 720p sizes, each with a never-seen reference image (so the caches must evict) and a repeated
+one (so they hit). After the warm-up (long enough for every size to recur and the text cache, 32
+prompts, to fill) it runs --n more and compares: resident memory of the server's process tree,
+the median of the first 10 samples against the median of the last 10 (at most 5% growth; medians,
+so that one transient peak does not decide), the reference and decoded-image caches (never above
+their bounds), and the files under TMPDIR (no pile-up while it runs, none left once it stops).
+Exit status 0 when all hold; its working folder (TMPDIR, the queue's state, the server's log
+unless `soak()` is given another file) is removed when the soak passed, and kept for a look
+(`work_dir` in the report) when it did not.
 
 The server runs with cog.yaml's environment plus a fixed glibc mmap threshold (MMAP_THRESHOLD):
 glibc otherwise raises its threshold to the size of each large block it frees, so that freed
@@ -47,6 +48,7 @@ from scripts.serve import CogServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_SIZE = 4
+DECODED_CACHE_MB = 1  # five of the soak's 256x256 references, decoded
 MAX_RSS_GROWTH = 0.05
 MMAP_THRESHOLD = 4 * 2**20  # bytes: blocks this large are mapped and unmapped, never kept in the heap
 # Outputs the server keeps on purpose (model/output.py keeps the last 8 folders) plus slack for
@@ -63,6 +65,8 @@ class Report:
     rss_growth: float
     reference_cache: int
     reference_cache_capacity: int
+    decoded_cache_bytes: int
+    decoded_cache_capacity_bytes: int
     files_after_warmup: int
     files_end: int
     files_after_stop: int
@@ -119,6 +123,7 @@ def soak(n: int, warmup: int, weights_dir: Path, steps: int = 2, log: Path | Non
         "TMPDIR": str(tmp),
         "GEN4_STEPS": str(steps),
         "GEN4_REFERENCE_CACHE_SIZE": str(CACHE_SIZE),
+        "GEN4_DECODED_CACHE_MB": str(DECODED_CACHE_MB),
         "GEN4_QUEUE_STATE_FILE": str(state),
         "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
     }
@@ -160,6 +165,10 @@ def soak(n: int, warmup: int, weights_dir: Path, steps: int = 2, log: Path | Non
         problems.append(f"resident memory grew {growth:.1%} after the warm-up (limit {MAX_RSS_GROWTH:.0%})")
     if cache["reference_cache"] > cache["reference_cache_capacity"]:
         problems.append(f"reference cache holds {cache['reference_cache']} > {cache['reference_cache_capacity']}")
+    if cache["decoded_cache_bytes"] > cache["decoded_cache_capacity_bytes"]:
+        problems.append(
+            f"decoded-image cache holds {cache['decoded_cache_bytes']} > {cache['decoded_cache_capacity_bytes']} bytes"
+        )
     if files1 > files0 + FILE_SLACK:
         problems.append(f"temporary files piled up: {files0} after the warm-up, {files1} at the end")
     if files_left:
@@ -174,6 +183,8 @@ def soak(n: int, warmup: int, weights_dir: Path, steps: int = 2, log: Path | Non
         rss_growth=growth,
         reference_cache=cache["reference_cache"],
         reference_cache_capacity=cache["reference_cache_capacity"],
+        decoded_cache_bytes=cache["decoded_cache_bytes"],
+        decoded_cache_capacity_bytes=cache["decoded_cache_capacity_bytes"],
         files_after_warmup=files0,
         files_end=files1,
         files_after_stop=files_left,

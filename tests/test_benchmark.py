@@ -43,6 +43,9 @@ def test_fast_benchmark_writes_results(fast_run: Path) -> None:
     assert decode["threads_speedup"] == pytest.approx(
         decode["cached_reduced_one_thread_ms"] / decode["cached_reduced_ms"], abs=0.02
     )
+    assert decode["repeated_files_speedup"] == pytest.approx(
+        decode["cached_reduced_ms"] / decode["repeated_files_ms"], abs=0.02
+    )
     png = result["png"]  # sizes are exact; the times are only checked to be there
     assert png["entry"] == "1080p 4:3" and png["noise_size_over_pillow"] <= 1.001
     assert png["photo_like_size_over_pillow"] <= 1.02 and png["photo_like_ms"] > 0

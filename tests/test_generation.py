@@ -25,6 +25,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPImageProcessorPil, CLIPTextConfig
 
+from model import images
 from model.generate import decode, to_pil
 from model.pipeline import (
     MissingWeightsError,
@@ -129,6 +130,31 @@ def test_repeated_reference_skips_the_image_encoder(
     generator.predict(Request(**{**request.__dict__, "reference_images": [copy, refs[1]]}))
     assert generator.encoder.encoder_calls == calls
     assert "2 cached, 0 encoded" in capsys.readouterr().out
+
+
+def test_a_reference_file_sent_again_is_not_decoded_again(
+    generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cog downloads every request's references to new files; the same bytes are decoded once,
+    and the image is the one decoding them again would give."""
+    decoded: list[Path] = []
+    real = images.decode_reference
+
+    def decode(path: Path, *args: object) -> Image.Image:
+        decoded.append(path)
+        return real(path, *args)
+
+    monkeypatch.setattr(images, "decode_reference", decode)
+    first = reference(tmp_path, "teal", (320, 240))
+    again = tmp_path / "again.png"
+    again.write_bytes(first.read_bytes())
+    request = Request(
+        prompt="@cat", resolution="720p", aspect_ratio="1:1", reference_tags=["cat"], reference_images=[first], seed=5
+    )
+    outputs = [generator.predict(request), generator.predict(replace(request, reference_images=[again]))]
+    assert decoded == [first]
+    assert generator.decoded is not None and generator.decoded.weight >= 320 * 240 * 3
+    assert np.array_equal(*(np.asarray(Image.open(path)) for path in outputs))
 
 
 def test_replicate_log_lines(generator: Generator, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from model import images
+from model.cache import LRUCache
 from model.errors import InputError
-from model.images import check_source, decode_reference, decode_references
+from model.images import check_source, decode_reference, decode_references, image_bytes
 from model.pipeline import clip_processor
 from model.tables import REFERENCE_DECODE_SIDE
 from scripts.benchmark import photo_like
@@ -201,3 +202,57 @@ def test_of_several_broken_references_the_first_is_named(
     with pytest.raises(InputError) as info:
         decode_references(files)
     assert info.value.field == f"reference_images[{named}]"
+
+
+def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[pathlib.Path]:
+    """Record each file that is really decoded (not taken from the decoded-image cache)."""
+    decoded: list[pathlib.Path] = []
+    real = images.decode_reference
+
+    def decode(path: pathlib.Path, field: str, side: int | None = REFERENCE_DECODE_SIDE) -> Image.Image:
+        decoded.append(path)
+        return real(path, field, side)
+
+    monkeypatch.setattr(images, "decode_reference", decode)
+    return decoded
+
+
+def test_a_file_sent_again_is_not_decoded_again(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cog downloads each request's references to new files: the same bytes in another file hit."""
+    data = photo(4032, 3024, orientation=6)
+    first, again = write(tmp_path, data, "first.jpg"), write(tmp_path, data, "again.jpg")
+    alone = decode_reference(first, FIELD)
+    decoded = counting_decodes(monkeypatch)
+    cache: LRUCache[Image.Image] = LRUCache(64 * 2**20, weigh=image_bytes)
+    [one] = decode_references([(first, FIELD)], cache=cache)
+    [two, three] = decode_references([(again, FIELD), (first, FIELD)], cache=cache)
+    assert decoded == [first]
+    assert one is two is three
+    assert np.array_equal(np.asarray(one), np.asarray(alone))
+    assert cache.weight == image_bytes(one) == 756 * 1008 * 3
+
+
+def test_other_bytes_or_another_side_are_decoded(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keyed by the file's bytes: the same picture stored otherwise is decoded (the encoder's own
+    cache, keyed by pixels, still finds it), and so is a decode to another side."""
+    png = write(tmp_path, png_bytes((300, 300), "blue"), "a.png")
+    jpeg = write(tmp_path, png_bytes((300, 300), "blue", fmt="JPEG"), "b.jpg")
+    decoded = counting_decodes(monkeypatch)
+    cache: LRUCache[Image.Image] = LRUCache(64 * 2**20, weigh=image_bytes)
+    decode_references([(png, FIELD), (jpeg, FIELD)], cache=cache)
+    decode_references([(png, FIELD)], side=None, cache=cache)
+    decode_references([(png, FIELD)], side=None, cache=cache)
+    assert decoded == [png, jpeg, png]
+    assert len(cache) == 3
+
+
+def test_a_refused_file_is_never_kept(tmp_path: pathlib.Path) -> None:
+    cache: LRUCache[Image.Image] = LRUCache(64 * 2**20, weigh=image_bytes)
+    path = write(tmp_path, png_bytes((500, 200)))
+    for _ in range(2):
+        with pytest.raises(InputError, match=r"aspect ratio 2\.50"):
+            decode_references([(path, FIELD)], cache=cache)
+    missing = tmp_path / "gone.png"
+    with pytest.raises(InputError, match=r"reference_images\[0\] \(@woman\): image could not be decoded"):
+        decode_references([(missing, FIELD)], cache=cache)
+    assert len(cache) == 0 and cache.weight == 0

@@ -50,7 +50,13 @@ def test_a_masks_folder_turns_the_masks_on() -> None:
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("GEN4_DTYPE", "float8"), ("GEN4_COMPILE", "maybe"), ("GEN4_STEPS", "0"), ("GEN4_VAE_TILING", "sometimes")],
+    [
+        ("GEN4_DTYPE", "float8"),
+        ("GEN4_COMPILE", "maybe"),
+        ("GEN4_STEPS", "0"),
+        ("GEN4_VAE_TILING", "sometimes"),
+        ("GEN4_DECODED_CACHE_MB", "-1"),
+    ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(variable: str, value: str) -> None:
     with pytest.raises(ValueError, match=variable) as caught:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scripts.soak import CACHE_SIZE, soak
+from scripts.soak import CACHE_SIZE, DECODED_CACHE_MB, soak
 
 
 def test_short_soak_keeps_memory_cache_and_temp_files_flat(tiny_weights: Path, tmp_path: Path) -> None:
@@ -18,6 +18,10 @@ def test_short_soak_keeps_memory_cache_and_temp_files_flat(tiny_weights: Path, t
     assert report.failures == 0
     # 30 never-seen references (plus one repeated) through a cache of 4: it evicted and stayed bounded.
     assert report.reference_cache == report.reference_cache_capacity == CACHE_SIZE
+    # The same through the decoded images' cache, bounded by bytes: full to within one image.
+    capacity, one_image = DECODED_CACHE_MB * 2**20, 256 * 256 * 3
+    assert report.decoded_cache_capacity_bytes == capacity
+    assert capacity - one_image < report.decoded_cache_bytes <= capacity
     assert report.files_after_stop == 0, "the stopped server left files in its TMPDIR"
     assert report.passed, report.problems
     assert report.work_dir is None, "a passed soak removes its working folder"
