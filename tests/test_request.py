@@ -111,6 +111,15 @@ def test_parse_prompt_rewrites_and_keeps_spans(prompt: str, text: str, spans: li
         ("@man on the left, @woman on the right", set()),
         ("a parrot over the @woman's shoulder", set()),  # a possessive names the owner
         ("a cat on @man's lap in the @kitchen", {"kitchen"}),
+        ("@woman standing in front of the @house", {"house"}),
+        ("@man in  front\tof @castle", {"castle"}),  # any spaces between the words
+        ("@woman outside a tiny @cafe", {"cafe"}),
+        ("@man walking along the @beach", {"beach"}),
+        ("@woman asleep beneath @tree", {"tree"}),
+        ("@woman standing next to @man", set()),  # said of people: both stay subjects
+        ("@woman behind @man", set()),
+        ("@woman with her arms around @man", set()),
+        ("the front of @house", set()),  # "front of" alone is no place word
     ],
 )
 def test_a_mention_after_a_place_word_names_the_place(prompt: str, places: set[str]) -> None:
