@@ -26,7 +26,7 @@ docs/benchmarks/, naming device, versions and date, after each part (`complete` 
 end), so that a run stopped at a time limit keeps what it finished. Uses the real weights when the
 folder holds them; otherwise random ones built by scripts/make_random_weights.py: the published
 full-size architectures on CUDA (real GPU timings, no download), tiny ones on a CPU (then only
-ratios mean anything, and only for that CPU). --fast: 2 entries, 1 run, 2 steps (for CI).
+ratios mean anything, and only for that CPU). --fast: 2 entries, 1 run (the server parts too), 2 steps (for CI).
 """
 
 from __future__ import annotations
@@ -721,8 +721,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         refs = reference_files(Path(folder))
         result = {**run_facts(generator), "steps": args.steps, "runs": args.runs, "setup_s": round(setup_s, 2)}
-        # The parts that compare two timings (cached or not, a variant or the default) take at least 3 runs.
+        # The parts that compare two timings (cached or not, a variant or the default) take at least 3 runs;
+        # --fast's server parts take one each way (a smoke run: two servers at 1080p are most of its time).
         variant_runs = max(3, args.runs)
+        server_runs = args.runs if args.fast else variant_runs
         parts: list[tuple[str, Callable[[], object]]] = [
             ("sizes", lambda: [] if args.no_sizes else bench_sizes(generator, entries, refs, args.runs)),
             ("reference_cache", lambda: bench_reference_cache(generator, variant_runs)),
@@ -741,12 +743,12 @@ def main() -> None:
             )
         if not args.no_server:
             parts.append(
-                ("server", lambda: bench_server(generator, weights, args.steps, entries[-1], refs, variant_runs))
+                ("server", lambda: bench_server(generator, weights, args.steps, entries[-1], refs, server_runs))
             )
             parts.append(
                 (
                     "server_upload",
-                    lambda: bench_server(generator, weights, args.steps, entries[-1], refs, variant_runs, upload=True),
+                    lambda: bench_server(generator, weights, args.steps, entries[-1], refs, server_runs, upload=True),
                 )
             )
         # Last, as the longest part (--injection-runs): a run cut short loses it first.
