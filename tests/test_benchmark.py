@@ -37,14 +37,16 @@ def test_fast_benchmark_writes_results(fast_run: Path) -> None:
     refined = [row for row in result["sizes"] if row["entry"] == "1080p 4:3"]
     assert all(row["refine_over_base"] > 0 and row["stages_s"]["refine"] > 0 for row in refined)
     assert result["reference_cache"]["cached_s"] < result["reference_cache"]["cold_s"]
-    decode = result["reference_decode"]  # times only checked to be there and consistent
+    # Times only checked to be there and consistent: each speedup is the ratio of the reported
+    # times (to its own rounding to 2 decimals).
+    decode = result["reference_decode"]
     assert decode["side"] == REFERENCE_DECODE_SIDE and min(decode["cold_full_ms"], decode["cold_reduced_ms"]) > 0
-    assert decode["cold_speedup"] == pytest.approx(decode["cold_full_ms"] / decode["cold_reduced_ms"], abs=0.02)
+    assert decode["cold_speedup"] == pytest.approx(decode["cold_full_ms"] / decode["cold_reduced_ms"], abs=0.006)
     assert decode["threads_speedup"] == pytest.approx(
-        decode["cached_reduced_one_thread_ms"] / decode["cached_reduced_ms"], abs=0.02
+        decode["cached_reduced_one_thread_ms"] / decode["cached_reduced_ms"], abs=0.006
     )
     assert decode["repeated_files_speedup"] == pytest.approx(
-        decode["cached_reduced_ms"] / decode["repeated_files_ms"], abs=0.02
+        decode["cached_reduced_ms"] / decode["repeated_files_ms"], abs=0.006
     )
     png = result["png"]  # sizes are exact; the times are only checked to be there
     assert png["entry"] == "1080p 4:3" and png["noise_size_over_pillow"] <= 1.001
