@@ -179,6 +179,8 @@ def bench_reference_cache(generator: Generator, runs: int) -> dict:
 
 # The first and the last line that Generator.run writes to a prediction's logs (model/service.py).
 GENERATOR_FIRST_LINE = "Using seed:"
+# predict.py's Predictor with the model taken out (bench_server's floor).
+FLOOR_PREDICTOR = "scripts/floor_predictor.py:FloorPredictor"
 GENERATOR_LAST_LINE = "Generated image in"
 
 
@@ -256,26 +258,51 @@ def bench_server(
     The difference of the medians, served minus in process, is kept for comparison. End to end
     runs from sending the request to holding the whole response (requests reads the body before
     it returns); the client's parse of its JSON, 10 ms or more for a data URI's megabytes, is
-    the client's work and is reported apart. The output
-    comes back as a data URI (the server as `docker run` starts it), or with `upload` as a URL
-    after Cog PUTs the file to a receiver on 127.0.0.1 (`--upload-url`, as Replicate serves it)."""
+    the client's work and is reported apart. The output comes back as a data URI (the server as
+    `docker run` starts it), or with `upload` as a URL after Cog PUTs the file to a receiver on
+    127.0.0.1 (`--upload-url`, as Replicate serves it).
+
+    Interleaved with them, the floor: the same request to a second server of the same interface
+    whose predictor only copies a file of the same output's bytes (scripts/floor_predictor.py),
+    so coglet's own cost for this request and its output, which no predictor can go below; and a
+    third such server whose file is a photo-like image of the same size, written as outputs are
+    (random weights make noise, PNG's largest case; a real output is nearer the photo-like)."""
     inputs = served_inputs(entry, refs)
     request = request_for(entry, refs)
     # (prediction id, end to end, coglet's predict_time, the client's parse of the response)
     served_runs: list[tuple[str, float, float, float]] = []
+    floors: dict[str, list[tuple[str, float, float, float]]] = {"floor": [], "floor_photo_like": []}
     with tempfile.TemporaryDirectory() as folder:
         log_path = Path(folder) / "server.log"
-        with open(log_path, "w") as server_log:
+        # The floor's output: the bytes the real server returns for this request (same seed).
+        # The floors' outputs: the bytes the real server returns for this request (same seed),
+        # and a photo-like image of its size through the same writer.
+        with quiet():
+            made = generator.predict(request)
+        photo = generator.output.write(photo_like(*plan_for(*entry).target), seed=0)
+        floor_files = {}
+        for name, source in (("floor", made), ("floor_photo_like", photo)):
+            floor_files[name] = Path(folder) / name / source.name
+            floor_files[name].parent.mkdir()
+            floor_files[name].write_bytes(source.read_bytes())
+        output_bytes = {name: path.stat().st_size for name, path in floor_files.items()}
+        with open(log_path, "w") as server_log, open(Path(folder) / "floor.log", "w") as floor_log:
             # Its own queue state file: a server already running on this machine keeps its own.
             env = {"GEN4_STEPS": str(steps), "GEN4_QUEUE_STATE_FILE": str(Path(folder) / "queue.json")}
             receiver = UploadReceiver() if upload else None
-            server = CogServer(weights, log=server_log, extra_env=env, upload_url=receiver.url if receiver else None)
+            upload_url = receiver.url if receiver else None
+            servers = [CogServer(weights, log=server_log, extra_env=env, upload_url=upload_url)]
             try:
                 setup_started = time.perf_counter()
-                server.wait_ready(timeout=900)
+                servers[0].wait_ready(timeout=900)
                 setup_s = time.perf_counter() - setup_started
+                for path in floor_files.values():
+                    floor_env = {"COG_PREDICT_TYPE_STUB": FLOOR_PREDICTOR, "BENCH_FLOOR_OUTPUT": str(path)}
+                    servers.append(CogServer(weights, log=floor_log, extra_env=floor_env, upload_url=upload_url))
+                for server in servers[1:]:
+                    server.wait_ready(timeout=900)
 
-                def served() -> None:
+                def served(server: CogServer, runs: list[tuple[str, float, float, float]]) -> None:
                     started = time.perf_counter()
                     response = server.predict(inputs)  # returns with the whole body read
                     seconds = time.perf_counter() - started
@@ -283,26 +310,36 @@ def bench_server(
                     parse_s = time.perf_counter() - started - seconds
                     assert body["status"] == "succeeded", body.get("error")
                     assert not receiver or body["output"].startswith(receiver.url), body["output"][:80]
-                    served_runs.append((body["id"], seconds, body["metrics"]["predict_time"], parse_s))
+                    runs.append((body["id"], seconds, body["metrics"]["predict_time"], parse_s))
 
                 # Rounded once, here, so that the reported difference is the difference of the reported values.
-                served_s, local_s = (
-                    round(s, 4) for s in interleaved(runs, served, lambda: quiet_predict(generator, request))
+                served_s, local_s, floor_s, photo_floor_s = (
+                    round(s, 4)
+                    for s in interleaved(
+                        runs,
+                        lambda: served(servers[0], served_runs),
+                        lambda: quiet_predict(generator, request),
+                        lambda: served(servers[1], floors["floor"]),
+                        lambda: served(servers[2], floors["floor_photo_like"]),
+                    )
                 )
             finally:
-                server.stop()
+                for server in servers:
+                    server.stop()
                 if receiver:
                     receiver.stop()
         server_log_text = log_path.read_text()
         model_s = generator_seconds(server_log_text)
         phases = startup_phases(server_log_text)
-    measured = served_runs[1:]  # without the warm-up
+    measured, floor = served_runs[1:], floors["floor"][1:]  # without the warm-ups
     missing = [pid for pid, *_ in measured if pid not in model_s]
     if missing:
         raise RuntimeError(f"the server log has no Generator lines for predictions {missing}")
+    overhead_s = round(statistics.median(e2e - model_s[pid] for pid, e2e, *_ in measured), 4)
     return {
         "entry": f"{entry[0]} {entry[1]}",
         "output": "uploaded to --upload-url" if upload else "data URI",
+        "output_bytes": output_bytes["floor"],
         # From starting the server to READY ...
         "server_setup_s": round(setup_s, 2),
         # ... of which the worker's import of predict.py and Predictor.setup() (coglet's log).
@@ -315,7 +352,7 @@ def bench_server(
         "served_minus_in_process_s": round(served_s - local_s, 4),
         # Per prediction, then the median: everything but the Generator (HTTP, coglet, inputs
         # decoded and validated, the queue's thread hops, the output encoded as a data URI) ...
-        "server_overhead_s": round(statistics.median(e2e - model_s[pid] for pid, e2e, *_ in measured), 4),
+        "server_overhead_s": overhead_s,
         # ... of which HTTP and coglet around the worker's predict() ...
         "http_and_coglet_s": round(statistics.median(e2e - predict for _, e2e, predict, _ in measured), 4),
         # ... and the worker's predict() around the Generator.
@@ -324,6 +361,14 @@ def bench_server(
         ),
         # Not in the above: the client's json.loads of the response (a data URI's megabytes).
         "client_json_parse_s": round(statistics.median(parse for *_, parse in measured), 4),
+        # The floor, end to end (a file copy its only work), of which HTTP and coglet around its
+        # predict(); and the overhead above it: what this project's code adds to coglet's cost.
+        "floor_end_to_end_s": floor_s,
+        "floor_http_and_coglet_s": round(statistics.median(e2e - predict for _, e2e, predict, _ in floor), 4),
+        "overhead_above_floor_s": round(overhead_s - floor_s, 4),
+        # The floor with a photo-like output of the same size instead of this noise.
+        "photo_like_output_bytes": output_bytes["floor_photo_like"],
+        "floor_photo_like_end_to_end_s": photo_floor_s,
     }
 
 

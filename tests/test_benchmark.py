@@ -120,7 +120,8 @@ def test_server_overhead_is_taken_per_prediction_from_the_servers_log(fast_run: 
     """The real server on tiny weights, its output returned as a data URI or uploaded to a
     receiver on 127.0.0.1: every measured prediction is found in coglet's log, and the overhead's
     parts add up (end to end = HTTP and coglet + worker around the Generator + the Generator, per
-    prediction, so the medians agree to within rounding of the spread)."""
+    prediction, so the medians agree to within rounding of the spread); the floor server answers
+    the same request."""
     server = json.loads((fast_run / "benchmark-tiny-cpu.json").read_text())[part]
     assert server["entry"] == "1080p 4:3" and server["output"] == output and server["server_setup_s"] > 0
     parts = server["http_and_coglet_s"] + server["worker_outside_generator_s"]
@@ -130,6 +131,12 @@ def test_server_overhead_is_taken_per_prediction_from_the_servers_log(fast_run: 
     assert (parse > 0 if output == "data URI" else parse >= 0) and parse < server["end_to_end_s"]
     assert server["server_overhead_s"] == pytest.approx(parts, abs=0.05)
     assert server["served_minus_in_process_s"] == round(server["end_to_end_s"] - server["in_process_s"], 4)
+    # The floor (the same request to a predictor that only copies a file of the output's bytes)
+    # went through coglet, and the overhead above it is the difference of the reported values.
+    assert server["output_bytes"] > 100_000 and 0 < server["floor_http_and_coglet_s"] < server["floor_end_to_end_s"]
+    assert server["overhead_above_floor_s"] == round(server["server_overhead_s"] - server["floor_end_to_end_s"], 4)
+    assert 0 < server["photo_like_output_bytes"] < server["output_bytes"]
+    assert server["floor_photo_like_end_to_end_s"] > 0
     start = server["server_import_s"] + server["server_predictor_setup_s"]
     assert min(server["server_import_s"], server["server_predictor_setup_s"]) > 0
     assert start < server["server_setup_s"] and server["first_request_s"] > 0
