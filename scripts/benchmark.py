@@ -179,9 +179,9 @@ def bench_reference_cache(generator: Generator, runs: int) -> dict:
 
 # The first and the last line that Generator.run writes to a prediction's logs (model/service.py).
 GENERATOR_FIRST_LINE = "Using seed:"
+GENERATOR_LAST_LINE = "Generated image in"
 # predict.py's Predictor with the model taken out (bench_server's floor).
 FLOOR_PREDICTOR = "scripts/floor_predictor.py:FloorPredictor"
-GENERATOR_LAST_LINE = "Generated image in"
 
 
 def generator_seconds(server_log: str) -> dict[str, float]:
@@ -274,7 +274,6 @@ def bench_server(
     floors: dict[str, list[tuple[str, float, float, float]]] = {"floor": [], "floor_photo_like": []}
     with tempfile.TemporaryDirectory() as folder:
         log_path = Path(folder) / "server.log"
-        # The floor's output: the bytes the real server returns for this request (same seed).
         # The floors' outputs: the bytes the real server returns for this request (same seed),
         # and a photo-like image of its size through the same writer.
         with quiet():
