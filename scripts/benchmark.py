@@ -301,7 +301,7 @@ def bench_server(
                 for server in servers[1:]:
                     server.wait_ready(timeout=900)
 
-                def served(server: CogServer, runs: list[tuple[str, float, float, float]]) -> None:
+                def served(server: CogServer, into: list[tuple[str, float, float, float]]) -> None:
                     started = time.perf_counter()
                     response = server.predict(inputs)  # returns with the whole body read
                     seconds = time.perf_counter() - started
@@ -309,7 +309,7 @@ def bench_server(
                     parse_s = time.perf_counter() - started - seconds
                     assert body["status"] == "succeeded", body.get("error")
                     assert not receiver or body["output"].startswith(receiver.url), body["output"][:80]
-                    runs.append((body["id"], seconds, body["metrics"]["predict_time"], parse_s))
+                    into.append((body["id"], seconds, body["metrics"]["predict_time"], parse_s))
 
                 # Rounded once, here, so that the reported difference is the difference of the reported values.
                 served_s, local_s, floor_s, photo_floor_s = (
