@@ -87,16 +87,17 @@ class ReferenceEncoder:
         return self._negative
 
     def encode(self, images: Sequence[Image.Image]) -> Encoded:
-        """Features for each image, from the cache where possible; misses run as one batch."""
+        """Features for each image, from the cache where possible; each miss runs on its own."""
         keys = [f"{self.identity}:{pixel_key(im)}" for im in images]
         # Read the hits before inserting anything: inserting may evict them from a small cache.
         known = {k: v for k in dict.fromkeys(keys) if (v := self.cache.get(k)) is not None}
         missing = [k for k in dict.fromkeys(keys) if k not in known]
-        if missing:
-            features = self._features(self._pixels([images[keys.index(k)] for k in missing]))
-            for key, feature in zip(missing, features, strict=True):
-                known[key] = feature
-                self.cache.put(key, feature)
+        for key in missing:
+            # One image per call, never a batch of the misses: an image's features would then
+            # depend on which other references were new (a batch of 2 and one of 3 differ in the
+            # last bits, here and in cuBLAS), and so would the image a seed makes.
+            known[key] = self._features(self._pixels([images[keys.index(key)]]))[0]
+            self.cache.put(key, known[key])
         hits = sum(1 for k in keys if k not in missing)
         negative = self.negative()
         found = [known[k] for k in keys]

@@ -38,6 +38,7 @@ from model.pipeline import (
     load_pipeline,
     processor_parameters,
 )
+from model.references import ReferenceEncoder
 from model.regions import RegionState
 from model.request import Request
 from model.service import Generator
@@ -130,6 +131,19 @@ def test_repeated_reference_skips_the_image_encoder(
     generator.predict(Request(**{**request.__dict__, "reference_images": [copy, refs[1]]}))
     assert generator.encoder.encoder_calls == calls
     assert "2 cached, 0 encoded" in capsys.readouterr().out
+
+
+def test_a_reference_encodes_the_same_whichever_others_were_cached(generator: Generator) -> None:
+    """A seed makes the same image whatever the cache held: a reference's features do not depend
+    on which other references of its request were new (batched, they differed in the last bits)."""
+    images = [Image.new("RGB", (128, 96), colour) for colour in ("green", "pink", "navy")]
+    pipe = generator.pipe
+    fresh, used = (ReferenceEncoder(pipe.image_encoder, pipe.feature_extractor, "tiny", capacity=8) for _ in "ab")
+    alone = [fresh.encode([image]).positive[0] for image in images]
+    used.encode(images[:1])
+    partly_cached = used.encode(images)
+    assert (partly_cached.hits, partly_cached.misses) == (1, 2)
+    assert all(torch.equal(a, b) for a, b in zip(alone, partly_cached.positive, strict=True))
 
 
 def test_a_reference_file_sent_again_is_not_decoded_again(
