@@ -66,6 +66,25 @@ def output_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
     return OUTPUT_SIZES[resolution][aspect_ratio]
 
 
+def parse_entries(spec: str) -> list[tuple[str, str]]:
+    """Ratio-table entries named in text: `all`, a resolution (`720p`: its six), or a comma list
+    of `RESOLUTION ASPECT` items (`1080p 16:9,720p 1:1`). Raises ValueError naming the unknown ones."""
+    every = [(resolution, aspect) for resolution, sizes in OUTPUT_SIZES.items() for aspect in sizes]
+    spec = spec.strip()
+    if spec == "all":
+        return every
+    if spec in OUTPUT_SIZES:
+        return [entry for entry in every if entry[0] == spec]
+    wanted = [tuple(item.split()) for item in spec.split(",")]
+    unknown = [" ".join(entry) for entry in wanted if entry not in every]
+    if unknown:
+        raise ValueError(
+            f"unknown entries {unknown}: use all, {', '.join(RESOLUTIONS)} or items such as '1080p 4:3,720p 1:1' "
+            f"(resolutions {', '.join(RESOLUTIONS)}; aspect ratios {', '.join(ASPECT_RATIOS)})"
+        )
+    return list(dict.fromkeys(wanted))  # type: ignore[arg-type]
+
+
 def ratio_label(resolution: str, aspect_ratio: str) -> str:
     """Runway's `ratio` string for an entry, e.g. '1440:1080'."""
     width, height = output_size(resolution, aspect_ratio)

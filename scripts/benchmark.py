@@ -68,7 +68,7 @@ from model.regions import RegionConfig, RegionState, bind_references  # noqa: E4
 from model.request import Request  # noqa: E402
 from model.service import Generator  # noqa: E402
 from model.settings import settings_from_env  # noqa: E402
-from model.tables import OUTPUT_SIZES, REFERENCE_DECODE_SIDE  # noqa: E402
+from model.tables import REFERENCE_DECODE_SIDE, parse_entries  # noqa: E402
 from model.tokens import mention_positions  # noqa: E402
 from model.weights import missing_repos, weights_label  # noqa: E402
 from scripts.serve import CogServer, UploadReceiver  # noqa: E402
@@ -676,16 +676,10 @@ def markdown(result: dict) -> str:
 
 
 def pick_entries(spec: str) -> list[tuple[str, str]]:
-    every = [(r, a) for r, table in OUTPUT_SIZES.items() for a in table]
-    if spec == "all":
-        return every
-    if spec in OUTPUT_SIZES:
-        return [e for e in every if e[0] == spec]
-    wanted = [tuple(item.split()) for item in spec.split(",")]
-    unknown = [w for w in wanted if w not in every]
-    if unknown:
-        raise SystemExit(f"--entries: unknown {unknown}; use all, 720p, 1080p or e.g. '1080p 4:3,720p 1:1'")
-    return wanted  # type: ignore[return-value]
+    try:
+        return parse_entries(spec)
+    except ValueError as exc:
+        raise SystemExit(f"--entries: {exc}") from None
 
 
 def build_random_weights(size: str) -> Path:
