@@ -9,10 +9,13 @@ capture frozen. So:
 - everything a step reads that changes between steps or requests is copied into the graph's own
   input buffers before each replay: latents, timestep, text, pooled text, micro-conditioning,
   image embeddings, and the tag localization's masks and tag-token matrix;
-- everything that steers Python is part of the graph's key: every input's shape and dtype, the
-  kind of each reference's binding, the adapter scale, and the step's phase (whether anchor layers
-  record their maps, whether tagged references are still off). A base pass with tagged subjects
-  uses three graphs (warm-up, the last warm-up step that records, localized), a refine pass one;
+- everything that steers Python is part of the graph's key: every input's shape and dtype, which
+  references are global, the adapter scale, and the step's phase (whether anchor layers record
+  their maps, whether tagged references are still off). A base pass with tagged subjects uses
+  three graphs (warm-up, the last warm-up step that records, localized), a refine pass one. Inside
+  a step, a subject and a place differ only in the number of subjects, which the shape of the
+  tag-token matrix carries (the masks that tell them apart are made between steps): so two
+  subjects and a place replay the same graphs whichever reference is the place;
 - per-pass caches kept in Python (each layer's text and adapter keys and values, the image
   projection) are not replayed: the graph computes them on the GPU at every step, a few small
   kernels among the thousands it launches at once.
@@ -152,8 +155,9 @@ def graph_key(inputs: dict[str, torch.Tensor], has_images: bool, region: RegionS
     shapes = tuple((name, tuple(t.shape), t.dtype, t.device) for name, t in inputs.items())
     if region is None:  # diffusers' own IP-Adapter path (the benchmark's plain runs)
         return shapes, has_images, None, scale
-    kinds = tuple(b.kind for b in region.bindings)
-    return shapes, has_images, kinds, scale, region.records, region.tagged_off
+    # Global or tagged (subject or place): what the tag warm-up's masks and the adapter's skip read.
+    globals_ = tuple(b.kind == "global" for b in region.bindings)
+    return shapes, has_images, globals_, scale, region.records, region.tagged_off
 
 
 class UNetGraphs:

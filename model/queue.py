@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from model.request import Request
 from model.service import Generator, say
+from model.warmup import IdleWarmup, WarmupJob
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,6 +43,21 @@ class GenerationQueue:
         self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gen4-validate")
         self._turn: asyncio.Lock | None = None  # created in the server's event loop
         self.waiting = 0
+        # Generations that capture the CUDA graphs of likely shapes while no prediction is in
+        # flight; a prediction's arrival stops them within one step (model/warmup.py).
+        self.warmup = IdleWarmup(
+            generator.idle_warmup, self._warm, self._gpu, busy=lambda: self.in_flight > 0, report=say
+        )
+        if generator.idle_warmup:
+            entries = sorted({f"{job.plan.target[0]}x{job.plan.target[1]}" for job in generator.idle_warmup})
+            say(
+                f"Warming up {', '.join(entries)} with 0 to {max(j.references for j in generator.idle_warmup)} "
+                f"references while idle, from now on ({len(generator.idle_warmup)} generations)"
+            )
+        self.warmup.poke()
+
+    def _warm(self, job: WarmupJob, stop: Callable[[], bool]) -> bool:
+        return self.generator.warm_up([job], self.generator.idle_warmup_steps, stop) == 1
 
     async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
         # A copy of the context: Cog routes each prediction's log lines by a ContextVar.
@@ -66,6 +82,7 @@ class GenerationQueue:
         finally:
             self.in_flight -= 1
             self._publish()
+            self.warmup.poke()  # idle again: the warm-up goes on where it stopped
 
     async def _predict(self, request: Request) -> Path:
         if self._turn is None:

@@ -33,6 +33,7 @@ from model.request import Request, ValidRequest, validate_request
 from model.settings import Settings, settings_from_env
 from model.text import TextEmbeds, TextEncoder
 from model.tokens import layout, mention_positions
+from model.warmup import WarmupJob, warmup_jobs, warmup_steps
 from model.weights import missing_repos, weights_label
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,24 @@ def say(line: str) -> None:
 
 
 StopCheck = Callable[[], bool]
+# The warm-up's reference: what it looks like does not matter, only how many there are.
+WARMUP_IMAGE = Image.new("RGB", (64, 64), "grey")
 
 
 class Canceled(Exception):  # noqa: N818 - the state's name, as Cog reports it
     """The prediction was canceled between two denoising steps."""
+
+
+def stop_on(should_stop: StopCheck | None) -> Callable[[int, int], None] | None:
+    """A step callback that ends the generation with Canceled between two steps when asked to."""
+    if should_stop is None:
+        return None
+
+    def check(done: int, total: int) -> None:
+        if done and should_stop():
+            raise Canceled(f"canceled after {done} of {total} denoising steps")
+
+    return check
 
 
 class Progress:
@@ -56,13 +71,13 @@ class Progress:
     loop between two steps when asked to."""
 
     def __init__(self, should_stop: StopCheck | None = None, every: int = 10) -> None:
-        self.should_stop = should_stop
+        self.stop = stop_on(should_stop)
         self.every = every
         self.last = -every
 
     def __call__(self, done: int, total: int) -> None:
-        if self.should_stop is not None and done and self.should_stop():
-            raise Canceled(f"canceled after {done} of {total} denoising steps")
+        if self.stop is not None:
+            self.stop(done, total)
         percent = 100 * done // total
         if percent - self.last >= self.every or done == total:
             self.last = percent
@@ -105,6 +120,9 @@ class Generator:
         self.graphs: UNetGraphs | None = None
         if settings.cuda_graphs and not settings.compile and self.runtime.device.type == "cuda":
             self.graphs = install_unet_graphs(self.pipe.unet)
+        # Generated while the server is idle (model/warmup.py): after the graphs, which it fills.
+        self.idle_warmup = warmup_jobs(settings.warmup_entries(graphs=self.graphs is not None))
+        self.idle_warmup_steps = warmup_steps(settings.effective_steps, self.region_config.warmup_fraction)
         self.output = OutputWriter(settings.output_format)
         if settings.masks_dir is not None:
             make_masks_dir(settings.masks_dir)  # at setup: a bad folder fails here, not in a request
@@ -112,7 +130,9 @@ class Generator:
         self.compile_s: float | None = None
         if settings.compile:
             blocks = compile_blocks(self.pipe.unet, self.pipe.vae)
-            self.compile_s = self.warm_up()
+            started = time.perf_counter()
+            self.warm_up([WarmupJob(plan, 1, 1) for plan in dict.fromkeys(PLANS.values())], steps=2)
+            self.compile_s = time.perf_counter() - started
             say(f"Compiled {blocks} UNet and VAE blocks; every output size warmed up in {self.compile_s:.1f}sec")
         label = weights_label(settings.weights_dir)
         kind = "real weights" if label == "real" else f"{label.upper()} weights (stand-ins: images are noise)"
@@ -123,19 +143,26 @@ class Generator:
             f"{self.runtime.device} in {time.perf_counter() - started:.1f}sec"
         )
 
-    def warm_up(self, steps: int = 2) -> float:
-        """Generate each distinct plan once, with one tagged reference, so that everything
-        compiled meets every shape at setup rather than in a user's request; returns seconds."""
-        started = time.perf_counter()
-        prompt = parse_prompt("warm-up of @it")
-        positions = mention_positions(prompt, self.pipe.tokenizer)
-        references = self.encoder.encode([Image.new("RGB", (64, 64), "grey")])
-        text = self.text.encode(prompt.text)
-        bindings = bind_references(["it"], prompt, positions)
-        for plan in dict.fromkeys(PLANS.values()):
-            inputs = self._inputs(text, plan, 0, references, bindings, steps)
-            generate(self.pipe, self.refiner, inputs, self.runtime, Stopwatch(self.runtime.device))
-        return time.perf_counter() - started
+    def warm_up(self, jobs: list[WarmupJob], steps: int, should_stop: StopCheck | None = None) -> int:
+        """Generate each job once (no output file, no prediction logs), so that what is compiled or
+        captured on first use meets those shapes now rather than in a user's request. Returns how
+        many jobs ran to their end: fewer when `should_stop` said stop between two steps."""
+        for done, job in enumerate(jobs):
+            prompt = parse_prompt(job.prompt)
+            positions = mention_positions(prompt, self.pipe.tokenizer)
+            references = self.encoder.encode([WARMUP_IMAGE] * job.references)
+            bindings = bind_references(job.tags, prompt, positions)
+            inputs = self._inputs(self.text.encode(prompt.text), job.plan, 0, references, bindings, steps)
+            try:
+                clock = Stopwatch(self.runtime.device)
+                generate(self.pipe, self.refiner, inputs, self.runtime, clock, on_step=stop_on(should_stop))
+            except Canceled:
+                self.release_memory()
+                return done
+            except Exception:
+                self.release_memory()  # an out-of-memory warm-up must not leave the next request short
+                raise
+        return len(jobs)
 
     @classmethod
     def from_env(cls) -> Generator:

@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from model.tables import DEFAULT_ASPECT_RATIO, DEFAULT_RESOLUTION, parse_entries
 from model.weights import LIGHTNING_STEPS
 
 OUTPUT_FORMATS = ("png", "jpg", "webp")
@@ -60,6 +61,11 @@ class Settings:
     # On CUDA, replay each denoising step's UNet call as a CUDA graph (model/graphs.py), captured
     # on a shape's first use: the step loop is bound by the host otherwise. Off with compile.
     cuda_graphs: bool = True
+    # Once READY, while no prediction is in flight, generate these ratio-table entries once each
+    # with 0 to 3 tagged references (model/warmup.py), so that a later request of that shape
+    # finds its CUDA graphs captured; a prediction that arrives stops it within one step. "auto":
+    # Replicate's default entry, on CUDA with CUDA graphs; "none"; or e.g. "1080p 16:9,1080p 4:3".
+    warmup: str = "auto"
     # While the server's worker imports torch and diffusers, read the weight files in a thread so
     # that a cold start's load finds them in the page cache (model/prefetch.py).
     prefetch: bool = True
@@ -70,6 +76,14 @@ class Settings:
     def writes_masks(self) -> bool:
         """Whether each prediction writes its tag masks (GEN4_SAVE_MASKS or GEN4_MASKS_DIR)."""
         return self.save_masks or self.masks_dir is not None
+
+    def warmup_entries(self, graphs: bool) -> list[tuple[str, str]]:
+        """The entries the idle warm-up generates; `graphs`: whether the server captures CUDA graphs."""
+        if self.warmup == "none":
+            return []
+        if self.warmup == "auto":
+            return [(DEFAULT_RESOLUTION, DEFAULT_ASPECT_RATIO)] if graphs else []
+        return parse_entries(self.warmup)
 
     @property
     def effective_steps(self) -> int:
@@ -100,6 +114,11 @@ class Settings:
             raise ValueError(f"GEN4_DTYPE must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if self.reference_cache_size < 1:
             raise ValueError(f"GEN4_REFERENCE_CACHE_SIZE must be at least 1, got {self.reference_cache_size}")
+        if self.warmup not in ("auto", "none"):
+            try:
+                parse_entries(self.warmup)
+            except ValueError as exc:
+                raise ValueError(f"GEN4_WARMUP={self.warmup!r} is not auto, none or a list of entries: {exc}") from None
         if self.decoded_cache_mb < 0:
             raise ValueError(f"GEN4_DECODED_CACHE_MB must be at least 0 (0: off), got {self.decoded_cache_mb}")
 

@@ -4,7 +4,8 @@ measured in one run.
 
     python scripts/benchmark.py [--weights-dir DIR] [--steps 30] [--runs 5] [--entries all|1080p|E,...]
                                 [--random tiny|full] [--no-sizes] [--no-server] [--no-injection] [--no-reference-decode]
-                                [--injection-size WxH] [--no-turbo] [--no-compile] [--no-graphs] [--fast]
+                                [--injection-size WxH] [--no-turbo] [--no-compile] [--no-graphs] [--server-warmed]
+                                [--fast]
                                 [--out docs/benchmarks]
 
 Sizes: for each ratio-table entry, with 0 and with 3 tagged references, the warm latency (median of
@@ -19,7 +20,9 @@ compile: each against the default in the same run, and what compiling adds to se
 default's CUDA graphs (GEN4_CUDA_GRAPHS), with the graphs captured and their capture time.
 Server: the same request end to end through the real Cog server; its overhead is, per
 prediction, the end-to-end time minus the Generator's own time in the worker (coglet's log
-timestamps), so that generation noise cancels.
+timestamps), so that generation noise cancels. On CUDA (or with --server-warmed), a server with
+the idle warm-up of that request's entry (GEN4_WARMUP): the warm-up's time after READY, then the
+first request once it has ended, against the first request of the server without it.
 Injection: the same request through the loaded pipeline as diffusers' plain multi-image IP-Adapter
 and with this project's per-tag region masks, interleaved. Writes JSON and a markdown table under
 docs/benchmarks/, naming device, versions and date, after each part (`complete` is false until the
@@ -36,6 +39,7 @@ import datetime as dt
 import json
 import logging
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -287,7 +291,13 @@ def bench_server(
         output_bytes = {name: path.stat().st_size for name, path in floor_files.items()}
         with open(log_path, "w") as server_log, open(Path(folder) / "floor.log", "w") as floor_log:
             # Its own queue state file: a server already running on this machine keeps its own.
-            env = {"GEN4_STEPS": str(steps), "GEN4_QUEUE_STATE_FILE": str(Path(folder) / "queue.json")}
+            # No idle warm-up: between its requests it would generate on the GPU that the in-process
+            # runs and the floors are timed on (server_warmed measures it).
+            env = {
+                "GEN4_STEPS": str(steps),
+                "GEN4_QUEUE_STATE_FILE": str(Path(folder) / "queue.json"),
+                "GEN4_WARMUP": "none",
+            }
             receiver = UploadReceiver() if upload else None
             upload_url = receiver.url if receiver else None
             servers = [CogServer(weights, log=server_log, extra_env=env, upload_url=upload_url)]
@@ -344,7 +354,7 @@ def bench_server(
         # ... of which the worker's import of predict.py and Predictor.setup() (coglet's log).
         "server_import_s": phases.get("import"),
         "server_predictor_setup_s": phases.get("setup"),
-        # The server's first request after READY: on CUDA it captures its graphs.
+        # The server's first request after READY, without the idle warm-up: on CUDA it captures its graphs.
         "first_request_s": round(served_runs[0][1], 4),
         "end_to_end_s": served_s,
         "in_process_s": local_s,
@@ -634,6 +644,51 @@ def bench_injection(generator: Generator, steps: int, runs: int, width: int, hei
     }
 
 
+WARMUP_DONE = re.compile(r"Warm-up done: (\d+) generations in ([\d.]+)sec")
+
+
+def bench_server_warmed(weights: Path, steps: int, entry: tuple[str, str], refs: list[Path]) -> dict:
+    """A server with the idle warm-up of the request's entry (GEN4_WARMUP): how long the warm-up
+    takes after READY, then the first and second requests once it has ended, to set against the
+    `server` part's first request (no warm-up) and its end to end."""
+    inputs = served_inputs(entry, refs)
+    with tempfile.TemporaryDirectory() as folder:
+        log_path = Path(folder) / "server.log"
+        with open(log_path, "w") as server_log:
+            env = {
+                "GEN4_STEPS": str(steps),
+                "GEN4_QUEUE_STATE_FILE": str(Path(folder) / "queue.json"),
+                "GEN4_WARMUP": " ".join(entry),
+            }
+            server = CogServer(weights, log=server_log, extra_env=env)
+            try:
+                started = time.perf_counter()
+                server.wait_ready(timeout=900)
+                ready_s = time.perf_counter() - started
+                deadline = time.monotonic() + 900
+                while not (done := WARMUP_DONE.search(log_path.read_text())):
+                    if time.monotonic() > deadline or "Warm-up failed" in log_path.read_text():
+                        raise RuntimeError(f"the idle warm-up did not end; server log: {log_path.read_text()[-2000:]}")
+                    time.sleep(0.1)
+                requests_s = []
+                for _ in range(2):
+                    clock = time.perf_counter()
+                    body = server.predict(inputs).json()
+                    requests_s.append(round(time.perf_counter() - clock, 4))
+                    assert body["status"] == "succeeded", body.get("error")
+            finally:
+                server.stop()
+    return {
+        "entry": f"{entry[0]} {entry[1]}",
+        "server_setup_s": round(ready_s, 2),
+        "warmup_generations": int(done.group(1)),
+        # The warm-up's own account (GPU time while idle; READY came before it).
+        "warmup_s": float(done.group(2)),
+        "first_request_after_warmup_s": requests_s[0],
+        "second_request_s": requests_s[1],
+    }
+
+
 def markdown(result: dict) -> str:
     """The results as the table docs/benchmarks/*.md holds."""
     lines = [
@@ -668,6 +723,7 @@ def markdown(result: dict) -> str:
         "cuda_graphs",
         "server",
         "server_upload",
+        "server_warmed",
         "injection",
     ):
         if result.get(key):
@@ -740,6 +796,9 @@ def main() -> None:
     parser.add_argument(
         "--random", choices=("tiny", "full"), help="random weights when weights/ is incomplete (default: full on CUDA)"
     )
+    parser.add_argument(
+        "--server-warmed", action="store_true", help="time the idle warm-up's server on a CPU too (on CUDA: always)"
+    )
     parser.add_argument("--fast", action="store_true", help="2 entries, 1 run, 2 steps: a smoke run for CI")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
@@ -802,6 +861,8 @@ def main() -> None:
                     lambda: bench_server(generator, weights, args.steps, entries[-1], refs, server_runs, upload=True),
                 )
             )
+            if generator.graphs is not None or args.server_warmed:  # what it saves is graph captures
+                parts.append(("server_warmed", lambda: bench_server_warmed(weights, args.steps, entries[-1], refs)))
         # Last, as the longest part (--injection-runs): a run cut short loses it first.
         if not args.no_injection:
             width, height = plan_for(*entries[-1]).base

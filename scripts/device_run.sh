@@ -7,7 +7,8 @@
 #   server  time to READY and the server's overhead alone (output as a data URI, then uploaded
 #           with --upload-url to a receiver on 127.0.0.1), after removing the device's packages
 #           that the project's image lacks (scikit-learn, torchvision, ...: libraries import them
-#           when present), then `import predict` once more without peft, to show its share
+#           when present), then `import predict` once more without peft, to show its share; and
+#           a server with the idle warm-up (GEN4_WARMUP): its first request once warmed
 #   all     tests, then bench, in one call (the machine is let go 30 s after a call: one call
 #           spares a second start and the second install)
 # Usage there: bash scripts/device_run.sh JOB [benchmark.py options...]

@@ -77,6 +77,22 @@ def test_cuda_graphs_make_the_eager_image(tiny_weights: Path, tmp_path: Path) ->
 
 
 @pytest.mark.gpu
+@needs_cuda
+def test_the_idle_warm_up_leaves_a_request_of_its_shape_no_graph_to_capture(tiny_weights: Path, tmp_path: Path) -> None:
+    """On CUDA the warm-up is on by default, for Replicate's default entry (model/warmup.py)."""
+    generator = Generator(Settings(weights_dir=tiny_weights, steps=8, device="cuda"))
+    assert {(job.plan.target, job.references) for job in generator.idle_warmup} == {
+        (OUTPUT_SIZES["1080p"]["16:9"], n) for n in range(4)
+    }
+    assert generator.warm_up(generator.idle_warmup, generator.idle_warmup_steps) == 4
+    captures = generator.graphs.captures
+    assert captures == 2 + 4 * 3
+    refs = tagged_request(tmp_path).reference_images
+    generator.predict(Request("@woman with @man and @dog", "1080p", "16:9", ["woman", "man", "dog"], refs, seed=3))
+    assert generator.graphs.captures == captures
+
+
+@pytest.mark.gpu
 @pytest.mark.real_weights
 @needs_cuda
 @needs_real_weights

@@ -28,6 +28,7 @@ class SteppingGenerator:
         self.running = 0
         self.max_running = 0
         self.lock = threading.Lock()
+        self.idle_warmup: list = []  # the server's idle warm-up: tests/test_warmup.py
 
     def validate(self, request: Request) -> Request:
         if not request.prompt.strip():
