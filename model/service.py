@@ -157,7 +157,8 @@ class Generator:
                 clock = Stopwatch(self.runtime.device)
                 generate(self.pipe, self.refiner, inputs, self.runtime, clock, on_step=stop_on(should_stop))
             except Canceled:
-                self.release_memory()
+                # No release_memory (gc.collect, empty_cache) here: the prediction that stopped the
+                # warm-up is waiting, and reuses the blocks the allocator keeps.
                 return done
             except Exception:
                 self.release_memory()  # an out-of-memory warm-up must not leave the next request short
