@@ -666,9 +666,9 @@ def bench_server_warmed(weights: Path, steps: int, entry: tuple[str, str], refs:
                 server.wait_ready(timeout=900)
                 ready_s = time.perf_counter() - started
                 deadline = time.monotonic() + 900
-                while not (done := WARMUP_DONE.search(log_path.read_text())):
-                    if time.monotonic() > deadline or "Warm-up failed" in log_path.read_text():
-                        raise RuntimeError(f"the idle warm-up did not end; server log: {log_path.read_text()[-2000:]}")
+                while not (done := WARMUP_DONE.search(text := log_path.read_text())):
+                    if time.monotonic() > deadline or "Warm-up failed" in text:
+                        raise RuntimeError(f"the idle warm-up did not end; server log: {text[-2000:]}")
                     time.sleep(0.1)
                 requests_s = []
                 for _ in range(2):
