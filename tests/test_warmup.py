@@ -8,7 +8,6 @@ replay happen as on a GPU, so the captures counted here are those a GPU would ma
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from model.tables import MAX_REFERENCES
 from model.warmup import IdleWarmup, WarmupJob, warmup_jobs, warmup_steps
 from scripts.serve import CogServer
 from tests.conftest import OFFLINE_ENV, png_bytes
+from tests.test_graphs import digest
 from tests.test_queue import SteppingGenerator
 
 STEPS = 6  # a request's base steps here; the warm-up runs warmup_steps(6) = 5
@@ -106,10 +106,6 @@ REQUESTS = [
     # The seed's layout: the place's reference first, the subjects after it.
     ("a close up portrait of @woman and @man standing in @park", ["park", "woman", "man"]),
 ]
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
