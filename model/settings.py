@@ -62,9 +62,10 @@ class Settings:
     # on a shape's first use: the step loop is bound by the host otherwise. Off with compile.
     cuda_graphs: bool = True
     # Once setup ends, while no prediction is in flight, generate these ratio-table entries with
-    # each layout of 0 to 3 mentioned references (model/warmup.py), so that a later request of that
-    # shape finds its CUDA graphs captured; a prediction that arrives stops it at the next step. "auto":
-    # Replicate's default entry, on CUDA with CUDA graphs; "none"; or e.g. "1080p 16:9,1080p 4:3".
+    # each layout of 0 to 3 mentioned or 1 to 3 global references (model/warmup.py), so that a
+    # later request of that shape finds its CUDA graphs captured; a prediction that arrives stops
+    # it at the next step. "auto": Replicate's default entry, on CUDA with CUDA graphs; "none"; or
+    # e.g. "1080p 16:9,1080p 4:3".
     warmup: str = "auto"
     # While the server's worker imports torch and diffusers, read the weight files in a thread so
     # that a cold start's load finds them in the page cache (model/prefetch.py).

@@ -4,9 +4,10 @@ A request's first use of a shape (size, reference count, which references are gl
 captures the UNet's CUDA graphs (model/graphs.py): on the H100 the server's first 1080p request
 after READY took 7.0 s, against 2.6 s after it. Capturing at setup would delay READY as much, for
 shapes that may never come. Instead, once setup ends and while no prediction is in flight, the
-server generates the entries of GEN4_WARMUP with each layout of 0 to 3 mentioned references, on
-its GPU thread. A prediction that arrives stops it at the next denoising step (a capture under
-way finishes first: about 0.5 s on the H100), and it goes on where it stopped when idle again.
+server generates the entries of GEN4_WARMUP with each layout of 0 to 3 references (mentioned as
+subjects and places, or all unmentioned: global), on its GPU thread. A prediction that arrives
+stops it at the next denoising step (a capture under way finishes first: about 0.5 s on the
+H100), and it goes on where it stopped when idle again.
 
 The jobs and their step count are planned here (pure: no torch); Generator.warm_up generates
 them; the queue (model/queue.py) says when the server is busy.
@@ -30,12 +31,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WarmupJob:
-    """One warm-up generation: a plan, with this many references, each tagged and mentioned, the
-    first `subjects` of them as subjects and the others as places."""
+    """One warm-up generation: a plan, with this many tagged references, the first `subjects` of
+    them mentioned as subjects, the next `places` as places, the rest not mentioned (global)."""
 
     plan: Plan
     references: int
     subjects: int
+    places: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.subjects, self.places) < 0 or self.subjects + self.places > self.references:
+            raise ValueError(f"{self.subjects} subjects and {self.places} places among {self.references} references")
 
     @property
     def tags(self) -> list[str]:
@@ -44,21 +50,25 @@ class WarmupJob:
     @property
     def prompt(self) -> str:
         """'a warm-up of @ref1 and @ref2 in @ref3': each place after "in", as a request names one."""
-        subjects, places = self.tags[: self.subjects], self.tags[self.subjects :]
+        subjects = self.tags[: self.subjects]
+        places = self.tags[self.subjects : self.subjects + self.places]
         mentions = " and ".join(f"@{tag}" for tag in subjects)
         return (f"a warm-up of {mentions}" if mentions else "a warm-up") + "".join(f" in @{p}" for p in places)
 
 
 def warmup_jobs(entries: Iterable[tuple[str, str]], max_references: int = MAX_REFERENCES) -> list[WarmupJob]:
-    """Every layout of tagged references an entry's requests can have, each plan once (720p and
-    1080p of one aspect ratio share their base pass, not their plan): no reference, then 1 to 3
-    references with 1 to all of them subjects and the rest places. A step's graph does not tell a
+    """The layouts of references an entry's requests most often have, each plan once (720p and
+    1080p of one aspect ratio share their base pass, not their plan): no reference; 1 to 3
+    references with 1 to all of them subjects and the rest places; then 1 to 3 references none of
+    which is mentioned (no tags, or tags the prompt does not name). A step's graph does not tell a
     place from a subject, only their number and which references are global (model/graphs.py):
-    these cover every request whose references are all mentioned, in any order, bar one whose
-    mentions are all places (which then apply to the whole image: global)."""
+    these cover every request whose references are all mentioned, in any order, or all global (as
+    are a request's places when it mentions no subject). Not covered: some mentioned, some not."""
     plans = dict.fromkeys(plan_for(*entry) for entry in entries)
-    layouts = [(0, 0)] + [(n, s) for n in range(1, max_references + 1) for s in range(n, 0, -1)]
-    return [WarmupJob(plan, n, s) for plan in plans for n, s in layouts]
+    counts = range(1, max_references + 1)
+    mentioned = [(n, s, n - s) for n in counts for s in range(n, 0, -1)]
+    layouts = [(0, 0, 0), *mentioned, *((n, 0, 0) for n in counts)]
+    return [WarmupJob(plan, n, s, p) for plan in plans for n, s, p in layouts]
 
 
 def warmup_steps(steps: int, warmup_fraction: float) -> int:

@@ -36,24 +36,31 @@ STEPS = 6  # a request's base steps here; the warm-up runs warmup_steps(6) = 5
 ENTRY = ("1080p", "1:1")  # the cheapest entry with a refine pass (1024x1024 refined to 1080x1080)
 
 
-LAYOUTS = [(0, 0), (1, 1), (2, 2), (2, 1), (3, 3), (3, 2), (3, 1)]  # (references, subjects)
+# (references, subjects, places): the rest of the references are not mentioned (global).
+LAYOUTS = [(0, 0, 0), (1, 1, 0), (2, 2, 0), (2, 1, 1), (3, 3, 0), (3, 2, 1), (3, 1, 2), (1, 0, 0), (2, 0, 0), (3, 0, 0)]
 
 
 def test_jobs_cover_each_plan_once_with_every_layout_of_tagged_references() -> None:
     jobs = warmup_jobs([("1080p", "16:9"), ("720p", "16:9"), ("1080p", "16:9")])
-    assert [(job.plan.target, job.references, job.subjects) for job in jobs] == [
-        (size, n, s) for size in ((1920, 1080), (1280, 720)) for n, s in LAYOUTS
+    assert [(job.plan.target, job.references, job.subjects, job.places) for job in jobs] == [
+        (size, *layout) for size in ((1920, 1080), (1280, 720)) for layout in LAYOUTS
     ]
 
 
-@pytest.mark.parametrize(("references", "subjects"), LAYOUTS)
-def test_each_warm_up_reference_binds_as_its_layout_says(references: int, subjects: int) -> None:
-    job = WarmupJob(plan_for(*ENTRY), references, subjects)
+@pytest.mark.parametrize(("references", "subjects", "places"), LAYOUTS)
+def test_each_warm_up_reference_binds_as_its_layout_says(references: int, subjects: int, places: int) -> None:
+    job = WarmupJob(plan_for(*ENTRY), references, subjects, places)
     prompt = parse_prompt(job.prompt)
-    assert list(prompt.mentioned_tags()) == job.tags
-    positions = {tag: (k + 1,) for k, tag in enumerate(job.tags)}
+    assert list(prompt.mentioned_tags()) == job.tags[: subjects + places]
+    positions = {tag: (k + 1,) for k, tag in enumerate(prompt.mentioned_tags())}
     kinds = [b.kind for b in bind_references(job.tags, prompt, positions)]
-    assert kinds == ["subject"] * subjects + ["place"] * (references - subjects)
+    assert kinds == ["subject"] * subjects + ["place"] * places + ["global"] * (references - subjects - places)
+
+
+@pytest.mark.parametrize(("references", "subjects", "places"), [(1, 2, 0), (2, 1, 2), (1, -1, 1)])
+def test_a_layout_of_more_mentions_than_references_is_refused(references: int, subjects: int, places: int) -> None:
+    with pytest.raises(ValueError, match=f"{subjects} subjects and {places} places among {references} references"):
+        WarmupJob(plan_for(*ENTRY), references, subjects, places)
 
 
 def region(kinds: list[str]) -> RegionState:
@@ -90,21 +97,26 @@ def test_warm_up_steps_meet_every_phase_a_request_meets() -> None:
         assert phases(warmup_steps(steps, fraction)) == phases(steps), steps
 
 
-def request(folder: Path, prompt: str, tags: list[str], seed: int) -> Request:
+def request(folder: Path, prompt: str, tags: list[str], images: int, seed: int) -> Request:
+    """A request of `images` references, the first len(tags) of them tagged."""
     refs = []
-    for colour in ("green", "pink", "navy")[: len(tags)]:
+    for colour in ("green", "pink", "navy")[:images]:
         path = folder / f"{colour}.png"
         path.write_bytes(png_bytes((128, 96), colour))
         refs.append(path)
     return Request(prompt, *ENTRY, reference_tags=tags, reference_images=refs, seed=seed)
 
 
-REQUESTS = [
-    ("a lighthouse in a storm", []),
-    ("@woman reading a book", ["woman"]),
-    ("@woman and @man with @dog at dusk", ["woman", "man", "dog"]),
+REQUESTS = [  # (prompt, tags, images)
+    ("a lighthouse in a storm", [], 0),
+    ("@woman reading a book", ["woman"], 1),
+    ("@woman and @man with @dog at dusk", ["woman", "man", "dog"], 3),
     # The seed's layout: the place's reference first, the subjects after it.
-    ("a close up portrait of @woman and @man standing in @park", ["park", "woman", "man"]),
+    ("a close up portrait of @woman and @man standing in @park", ["park", "woman", "man"], 3),
+    # Global references: untagged, tagged and not mentioned, and a place with no subject.
+    ("a lighthouse in a storm", [], 2),
+    ("a lighthouse in a storm", ["woman", "man", "dog"], 3),
+    ("a lighthouse in @park", ["park"], 1),
 ]
 
 
@@ -139,9 +151,10 @@ def warmed(tiny_weights: Path, small_plan: None) -> tuple[Generator, UNetGraphs,
 def test_warm_up_captures_each_graph_of_its_entry(warmed: tuple[Generator, UNetGraphs, int]) -> None:
     generator, _, captures = warmed
     assert generator.idle_warmup_steps == 5
-    # 0 references: base and refine. n references: the tag warm-up's step and the refine, shared
-    # by every number of subjects; the recording step and the localized ones, per number.
-    assert captures == 2 + sum(2 + 2 * n for n in range(1, MAX_REFERENCES + 1))
+    # 0 references: base and refine. n mentioned references: the tag warm-up's step and the
+    # refine, shared by every number of subjects; the recording step and the localized ones, per
+    # number. n global references: base and refine (nothing is recorded or localized).
+    assert captures == 2 + sum(2 + 2 * n + 2 for n in range(1, MAX_REFERENCES + 1))
 
 
 def test_requests_of_the_warmed_shapes_capture_nothing_and_make_the_eager_image(
@@ -151,9 +164,9 @@ def test_requests_of_the_warmed_shapes_capture_nothing_and_make_the_eager_image(
     for the seed's layout, with the place last instead of first."""
     generator, graphs, captures = warmed
     eager = Generator(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu"))
-    for k, (prompt, tags) in enumerate(REQUESTS):
+    for k, (prompt, tags, images) in enumerate(REQUESTS):
         (tmp_path / str(k)).mkdir()
-        inputs = request(tmp_path / str(k), prompt, tags, seed=11)
+        inputs = request(tmp_path / str(k), prompt, tags, images, seed=11)
         assert digest(generator.predict(inputs)) == digest(eager.predict(inputs)), prompt
         assert graphs.captures == captures, f"{prompt!r} captured a graph the warm-up should have"
 
@@ -257,6 +270,7 @@ def test_the_server_warms_up_while_idle_and_serves_a_prediction_at_once(tiny_wei
             server.stop()
     text = log_path.read_text()
     assert "Warming up 720x720 with 0 to 3 references while idle" in text
-    assert re.search(r"Warm-up paused for a prediction: [1-7] of 7 generations left", text)
-    assert re.search(r"Warm-up done: 7 generations in \d+\.\dsec", text)
+    jobs = len(warmup_jobs([("720p", "1:1")]))
+    assert re.search(rf"Warm-up paused for a prediction: \d+ of {jobs} generations left", text)
+    assert re.search(rf"Warm-up done: {jobs} generations in \d+\.\dsec", text)
     assert again["status"] == "succeeded" and again["output"] == body["output"], "the warm-up changed an output"
