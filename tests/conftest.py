@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from model.plan import PLANS, Plan
 from scripts.serve import CogServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +42,28 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-weights")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_random_weights.py"), str(out)], check=True)
     return out
+
+
+@contextmanager
+def small_plans(factor: int = 4) -> Iterator[None]:
+    """Every entry's plan at about 1/factor² of its pixels, each still refined or downscaled as at
+    full size, for tests whose logic does not depend on the size: the tiny model's CPU steps at
+    1 MP take most of a second."""
+
+    def shrink(plan: Plan) -> Plan:
+        (bw, bh), (tw, th) = plan.base, plan.target
+        # The base a multiple of 32 like SDXL's; the target of 8 (the VAE's), odd latents as at 1080.
+        small = Plan(
+            base=(bw // factor // 32 * 32, bh // factor // 32 * 32),
+            target=(tw // factor // 8 * 8, th // factor // 8 * 8),
+        )
+        assert small.refine == plan.refine, (plan, small)
+        return small
+
+    with pytest.MonkeyPatch.context() as patch:
+        for entry, plan in list(PLANS.items()):
+            patch.setitem(PLANS, entry, shrink(plan))
+        yield
 
 
 def png_bytes(size: tuple[int, int] = (256, 256), color: str = "red", mode: str = "RGB", fmt: str = "PNG") -> bytes:

@@ -3,6 +3,7 @@ the CPU. The images match the eager model's, and after the setup's warm-up no re
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from model.pipeline import COMPILED_BLOCKS
 from model.request import Request
 from model.service import Generator
 from model.settings import Settings
-from tests.conftest import png_bytes
+from tests.conftest import png_bytes, small_plans
 
 
 def graphs_compiled() -> int:
@@ -22,7 +23,15 @@ def graphs_compiled() -> int:
 
 
 @pytest.fixture(scope="module")
-def compiled(tiny_weights: Path) -> Generator:
+def small() -> Iterator[None]:
+    """Plans at a sixteenth of their pixels, every one still its own shape: what compiles on
+    first use and what the setup's warm-up meets do not depend on the size."""
+    with small_plans():
+        yield
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_weights: Path, small: None) -> Generator:
     return Generator(Settings(weights_dir=tiny_weights, steps=2, device="cpu", compile=True))
 
 

@@ -7,6 +7,7 @@ import inspect
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,7 +57,7 @@ from model.weights import (
     SDXL_VAE_FP16_FIX,
 )
 from scripts.host_overhead import device_looked_up, text_projected_every_step
-from tests.conftest import png_bytes
+from tests.conftest import png_bytes, small_plans
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,14 @@ def tagged(tmp_path: Path, prompt: str, tags: list[str], resolution: str, aspect
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def small() -> Iterator[None]:
+    """Plans at a sixteenth of their pixels, for what runs once per pass or per call: the counts
+    and the bytes compared do not depend on the size."""
+    with small_plans():
+        yield
 
 
 @pytest.mark.parametrize(("resolution", "aspect_ratio"), [(r, a) for r, table in OUTPUT_SIZES.items() for a in table])
@@ -556,6 +565,7 @@ def test_repeated_prompt_skips_the_text_encoders(generator: Generator) -> None:
     assert generator.text.encoder_calls == calls + 1
 
 
+@pytest.mark.usefixtures("small")
 def test_the_image_projection_runs_once_per_pass_with_the_same_image(tiny_weights: Path, tmp_path: Path) -> None:
     gen = Generator(Settings(weights_dir=tiny_weights, steps=4, device="cpu"))
     unet = gen.pipe.unet
@@ -575,6 +585,7 @@ def test_the_image_projection_runs_once_per_pass_with_the_same_image(tiny_weight
 
 
 @pytest.mark.parametrize(("prompt", "tags"), [("@woman with @dog", ["woman", "dog"]), ("a woman with a dog", [])])
+@pytest.mark.usefixtures("small")
 def test_cross_attention_projects_the_text_once_per_pass(
     tiny_weights: Path, tmp_path: Path, prompt: str, tags: list[str]
 ) -> None:
@@ -596,6 +607,7 @@ def test_cross_attention_projects_the_text_once_per_pass(
     assert digest(once) == digest(every_step)
 
 
+@pytest.mark.usefixtures("small")
 def test_pipelines_pin_diffusers_execution_device_and_never_walk_the_modules(
     generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -612,6 +624,7 @@ def test_pipelines_pin_diffusers_execution_device_and_never_walk_the_modules(
         assert generator.pipe._execution_device == torch.device("cpu") and walks == [generator.pipe]
 
 
+@pytest.mark.usefixtures("small")
 def test_attention_reads_each_processor_signature_once_not_at_every_call(
     generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

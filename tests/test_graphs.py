@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,17 @@ from model.request import Request
 from model.service import Generator
 from model.settings import Settings
 from scripts.benchmark import injection_runner
-from tests.conftest import png_bytes
+from tests.conftest import png_bytes, small_plans
 
 STEPS = 8  # warm-up is 2 steps: the base pass meets all three of its phases
+ENTRY = ("1080p", "4:3")  # a base pass and a refine pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small() -> Iterator[None]:
+    """Plans at a sixteenth of their pixels: a graph's keys and replays do not depend on the size."""
+    with small_plans():
+        yield
 
 
 def request(tmp_path: Path, prompt: str, tags: list[str], colours: tuple[str, ...], seed: int) -> Request:
@@ -33,7 +42,7 @@ def request(tmp_path: Path, prompt: str, tags: list[str], colours: tuple[str, ..
         path = tmp_path / f"{colour}.png"
         path.write_bytes(png_bytes((128, 128), colour))
         refs.append(path)
-    return Request(prompt, "1080p", "4:3", reference_tags=tags, reference_images=refs, seed=seed)
+    return Request(prompt, *ENTRY, reference_tags=tags, reference_images=refs, seed=seed)
 
 
 def digest(path: Path) -> str:

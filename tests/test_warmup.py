@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from model.graphs import UNetGraphs, graph_key, install_unet_graphs, rerun
-from model.plan import PLANS, Plan, plan_for
+from model.plan import plan_for
 from model.prompt import parse_prompt
 from model.queue import GenerationQueue
 from model.regions import Binding, RegionConfig, RegionState, bind_references
@@ -28,7 +28,7 @@ from model.settings import Settings
 from model.tables import MAX_REFERENCES
 from model.warmup import IdleWarmup, WarmupJob, warmup_jobs, warmup_steps
 from scripts.serve import CogServer
-from tests.conftest import OFFLINE_ENV, png_bytes
+from tests.conftest import OFFLINE_ENV, png_bytes, small_plans
 from tests.test_graphs import digest
 from tests.test_queue import SteppingGenerator
 
@@ -121,16 +121,14 @@ REQUESTS = [  # (prompt, tags, images)
 
 
 @pytest.fixture(scope="module")
-def small_plan() -> Iterator[None]:
-    """The entry's plan at a sixteenth of its pixels, refine pass included: the warm-up does not
-    depend on the size, and the tiny model's CPU steps at 1 MP take most of a second."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(PLANS, ENTRY, Plan(base=(256, 256), target=(272, 272)))
+def small() -> Iterator[None]:
+    """Plans at a sixteenth of their pixels: the warm-up does not depend on the size."""
+    with small_plans():
         yield
 
 
 @pytest.fixture(scope="module")
-def warmed(tiny_weights: Path, small_plan: None) -> tuple[Generator, UNetGraphs, int]:
+def warmed(tiny_weights: Path, small: None) -> tuple[Generator, UNetGraphs, int]:
     """A generator whose idle warm-up was stopped once by a 'prediction', then ran to its end."""
     generator = Generator(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu", warmup="1080p 1:1"))
     graphs = install_unet_graphs(generator.pipe.unet, capture=rerun)
