@@ -242,7 +242,8 @@ def test_other_bytes_or_another_side_are_decoded(tmp_path: pathlib.Path, monkeyp
     decode_references([(png, FIELD), (jpeg, FIELD)], cache=cache)
     decode_references([(png, FIELD)], side=None, cache=cache)
     decode_references([(png, FIELD)], side=None, cache=cache)
-    assert decoded == [png, jpeg, png]
+    # The first call decodes its two files in threads of their own, in either order.
+    assert sorted(decoded[:2]) == sorted([png, jpeg]) and decoded[2:] == [png]
     assert len(cache) == 3
 
 
