@@ -246,6 +246,12 @@ def served_inputs(entry: tuple[str, str], references: list[Path]) -> dict:
     }
 
 
+def server_env(steps: int, folder: Path, warmup: str) -> dict[str, str]:
+    """A benchmarked server's settings: its steps, its idle warm-up (GEN4_WARMUP), and its own
+    queue state file in `folder` (a server already running on this machine keeps its own)."""
+    return {"GEN4_STEPS": str(steps), "GEN4_QUEUE_STATE_FILE": str(folder / "queue.json"), "GEN4_WARMUP": warmup}
+
+
 def bench_server(
     generator: Generator,
     weights: Path,
@@ -290,14 +296,9 @@ def bench_server(
             floor_files[name].write_bytes(source.read_bytes())
         output_bytes = {name: path.stat().st_size for name, path in floor_files.items()}
         with open(log_path, "w") as server_log, open(Path(folder) / "floor.log", "w") as floor_log:
-            # Its own queue state file: a server already running on this machine keeps its own.
             # No idle warm-up: between its requests it would generate on the GPU that the in-process
             # runs and the floors are timed on (server_warmed measures it).
-            env = {
-                "GEN4_STEPS": str(steps),
-                "GEN4_QUEUE_STATE_FILE": str(Path(folder) / "queue.json"),
-                "GEN4_WARMUP": "none",
-            }
+            env = server_env(steps, Path(folder), warmup="none")
             receiver = UploadReceiver() if upload else None
             upload_url = receiver.url if receiver else None
             servers = [CogServer(weights, log=server_log, extra_env=env, upload_url=upload_url)]
@@ -655,12 +656,9 @@ def bench_server_warmed(weights: Path, steps: int, entry: tuple[str, str], refs:
     with tempfile.TemporaryDirectory() as folder:
         log_path = Path(folder) / "server.log"
         with open(log_path, "w") as server_log:
-            env = {
-                "GEN4_STEPS": str(steps),
-                "GEN4_QUEUE_STATE_FILE": str(Path(folder) / "queue.json"),
-                "GEN4_WARMUP": " ".join(entry),
-            }
-            server = CogServer(weights, log=server_log, extra_env=env)
+            server = CogServer(
+                weights, log=server_log, extra_env=server_env(steps, Path(folder), warmup=" ".join(entry))
+            )
             try:
                 started = time.perf_counter()
                 server.wait_ready(timeout=900)
