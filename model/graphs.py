@@ -8,14 +8,17 @@ A graph replays the capture's kernels on the capture's memory, with every Python
 capture frozen. So:
 - everything a step reads that changes between steps or requests is copied into the graph's own
   input buffers before each replay: latents, timestep, text, pooled text, micro-conditioning,
-  image embeddings, and the tag localization's masks and tag-token matrix;
-- everything that steers Python is part of the graph's key: every input's shape and dtype, which
-  references are global, the adapter scale, and the step's phase (whether anchor layers record
-  their maps, whether tagged references are still off). A base pass with tagged subjects uses
-  three graphs (warm-up, the last warm-up step that records, localized), a refine pass one. Inside
-  a step, a subject and a place differ only in the number of subjects, which the shape of the
-  tag-token matrix carries (the masks that tell them apart are made between steps): so two
-  subjects and a place replay the same graphs whichever reference is the place;
+  image embeddings, and the tag localization's masks, tag-token matrix and which references are
+  on while the tagged ones are off (the global ones);
+- everything that steers Python is part of the graph's key: every input's shape and dtype, the
+  adapter scale, the step's phase (whether anchor layers record their maps, whether tagged
+  references are still off) and, while they are off, whether any reference is global (if none
+  is, the layers skip the adapter). A base pass with tagged subjects uses three graphs (warm-up,
+  the last warm-up step that records, localized), a refine pass one. Inside a step, a subject
+  and a place differ only in the number of subjects, which the shape of the tag-token matrix
+  carries (the masks that tell them apart are made between steps), and which references are
+  global is data: so "@woman and @man in @park" replays the graphs of "@ref1 and @ref2 in @ref3",
+  and one global reference among subjects replays the same graphs wherever it stands;
 - per-pass caches kept in Python (each layer's text and adapter keys and values, the image
   projection) are not replayed: the graph computes them on the GPU at every step, a few small
   kernels among the thousands it launches at once.
@@ -126,6 +129,7 @@ def phase_region(region: RegionState, inputs: dict[str, torch.Tensor]) -> Callab
         latent_hw=region.latent_hw,
         weights=inputs.get("weights"),
         _token_mean=inputs.get("token_mean"),
+        _on=inputs.get("on"),
         fixed_records=region.records,
         fixed_tagged_off=region.tagged_off,
     )
@@ -145,6 +149,8 @@ def step_inputs(
         inputs[f"image_embeds.{k}"] = embeds
     if region is not None and not region.tagged_off:
         inputs["weights"] = region.weights
+    if region is not None and region.tagged_off and region.has_global:
+        inputs["on"] = region.on(sample.device)
     if region is not None and region.records:
         inputs["token_mean"] = region.token_mean(text.shape[1], text.device)
     return inputs
@@ -155,9 +161,10 @@ def graph_key(inputs: dict[str, torch.Tensor], has_images: bool, region: RegionS
     shapes = tuple((name, tuple(t.shape), t.dtype, t.device) for name, t in inputs.items())
     if region is None:  # diffusers' own IP-Adapter path (the benchmark's plain runs)
         return shapes, has_images, None, scale
-    # Global or tagged (subject or place): what the tag warm-up's masks and the adapter's skip read.
-    globals_ = tuple(b.kind == "global" for b in region.bindings)
-    return shapes, has_images, globals_, scale, region.records, region.tagged_off
+    # While tagged references are off, a layer skips the adapter unless some reference is global;
+    # which ones are is the "on" input. From then on every reference's weight is an input.
+    has_global = region.has_global if region.tagged_off else None
+    return shapes, has_images, has_global, scale, region.records, region.tagged_off
 
 
 class UNetGraphs:

@@ -95,6 +95,8 @@ class RegionState:
     _weight_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
     # [77, subjects] matrix that averages each subject's tag tokens, built once per device.
     _token_mean: torch.Tensor | None = None
+    # [n]: 1 for each global reference, 0 for each tagged one; the masks while tagged ones are off.
+    _on: torch.Tensor | None = None
     # Each layer's adapter keys and values, in the batched path's layout: a pass's references are
     # fixed, so they are the same at every step (diffusers recomputes them in every layer and step).
     _ip_kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
@@ -130,6 +132,10 @@ class RegionState:
 
     def subjects(self) -> list[Binding]:
         return [b for b in self.bindings if b.kind == "subject"]
+
+    @property
+    def has_global(self) -> bool:
+        return any(b.kind == "global" for b in self.bindings)
 
     def layer_hw(self, seq_len: int) -> tuple[int, int]:
         """Spatial size of a layer with `seq_len` tokens: the latent halved until it fits."""
@@ -171,6 +177,16 @@ class RegionState:
             self._token_mean = torch.stack(columns, dim=1)
         return self._token_mean
 
+    def on(self, device: torch.device) -> torch.Tensor:
+        """[n]: which references apply while the tagged ones are off (the global ones). A tensor,
+        not a Python decision, so that a CUDA graph reads it from its input buffer and serves every
+        order of global and tagged references (model/graphs.py)."""
+        if self._on is None or self._on.device != device:
+            # From factory calls: a tensor made from a Python list would be a copy from the host.
+            factories = [torch.ones if b.kind == "global" else torch.zeros for b in self.bindings]
+            self._on = torch.stack([make((), device=device) for make in factories])
+        return self._on
+
     def end_step(self) -> None:
         """After each denoising step: turn this step's maps into the masks the next step uses."""
         self.step += 1
@@ -207,7 +223,7 @@ class RegionState:
         """[seq, n, 1]: each reference's weight (its mask times the adapter scale) at each token of
         a layer, in the fast path's form; None when every reference is off (warm-up, no global
         reference), so that the layer skips the adapter."""
-        if self.tagged_off and not any(b.kind == "global" for b in self.bindings):
+        if self.tagged_off and not self.has_global:
             return None
         key = (seq_len, device, dtype, scale)
         cached = self._weight_cache.get(key)
@@ -252,10 +268,7 @@ class RegionState:
         h, w = self.layer_hw(seq_len)
         n = len(self.bindings)
         if self.tagged_off:
-            # From factory calls: a tensor made from a Python list would be a copy from the host.
-            factories = [torch.ones if b.kind == "global" else torch.zeros for b in self.bindings]
-            on = torch.stack([make((), device=device) for make in factories])
-            return on.view(1, n, 1, 1).expand(1, n, h, w)
+            return self.on(device).view(1, n, 1, 1).expand(1, n, h, w)
         weights = self.weights.to(device)
         if weights.shape[-2:] != (h, w):
             weights = F.interpolate(weights[None], size=(h, w), mode="nearest")[0]

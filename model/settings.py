@@ -62,7 +62,7 @@ class Settings:
     # on a shape's first use: the step loop is bound by the host otherwise. Off with compile.
     cuda_graphs: bool = True
     # Once setup ends, while no prediction is in flight, generate these ratio-table entries with
-    # each layout of 0 to 3 mentioned or 1 to 3 global references (model/warmup.py), so that a
+    # each layout of 0 to 3 references, mentioned or global or both (model/warmup.py), so that a
     # later request of that shape finds its CUDA graphs captured; a prediction that arrives stops
     # it at the next step. "auto": Replicate's default entry, on CUDA with CUDA graphs; "none"; or
     # e.g. "1080p 16:9,1080p 4:3".

@@ -1,13 +1,13 @@
 """Idle warm-up: a server's first request of a shape without its CUDA graph captures.
 
-A request's first use of a shape (size, reference count, which references are global, phase)
-captures the UNet's CUDA graphs (model/graphs.py): on the H100 the server's first 1080p request
-after READY took 7.0 s, against 2.6 s after it. Capturing at setup would delay READY as much, for
-shapes that may never come. Instead, once setup ends and while no prediction is in flight, the
-server generates the entries of GEN4_WARMUP with each layout of 0 to 3 references (mentioned as
-subjects and places, or all unmentioned: global), on its GPU thread. A prediction that arrives
-stops it at the next denoising step (a capture under way finishes first: about 0.5 s on the
-H100), and it goes on where it stopped when idle again.
+A request's first use of a shape (size, reference count, number of subjects, whether any reference
+is global, phase) captures the UNet's CUDA graphs (model/graphs.py): on the H100 the server's first
+1080p request after READY took 7.0 s, against 2.6 s after it. Capturing at setup would delay READY
+as much, for shapes that may never come. Instead, once setup ends and while no prediction is in
+flight, the server generates the entries of GEN4_WARMUP with each layout of 0 to 3 references
+(mentioned as subjects and places, unmentioned: global, or both), on its GPU thread. A prediction
+that arrives stops it at the next denoising step (a capture under way finishes first: about 0.5 s
+on the H100), and it goes on where it stopped when idle again.
 
 The jobs and their step count are planned here (pure: no torch); Generator.warm_up generates
 them; the queue (model/queue.py) says when the server is busy.
@@ -57,17 +57,20 @@ class WarmupJob:
 
 
 def warmup_jobs(entries: Iterable[tuple[str, str]], max_references: int = MAX_REFERENCES) -> list[WarmupJob]:
-    """The layouts of references an entry's requests most often have, each plan once (720p and
-    1080p of one aspect ratio share their base pass, not their plan): no reference; 1 to 3
-    references with 1 to all of them subjects and the rest places; then 1 to 3 references none of
-    which is mentioned (no tags, or tags the prompt does not name). A step's graph does not tell a
-    place from a subject, only their number and which references are global (model/graphs.py):
-    these cover every request whose references are all mentioned, in any order, or all global (as
-    are a request's places when it mentions no subject). Not covered: some mentioned, some not."""
+    """Every layout of references a step's graph tells apart, each plan once (720p and 1080p of
+    one aspect ratio share their base pass, not their plan), the most frequent first: no
+    reference; 1 to 3 references with 1 to all of them subjects and the rest places; 1 to 3 none
+    of which is mentioned (no tags, or tags the prompt does not name: global); then 2 or 3 with
+    some subjects and the rest global. A graph tells neither a place from a subject nor one global
+    reference's position from another's, only the number of subjects and whether any reference is
+    global (model/graphs.py): so these cover every request of the entry whose prompt fits CLIP's
+    window of 77 tokens, its references in any order (places are global when no subject is named)."""
     plans = dict.fromkeys(plan_for(*entry) for entry in entries)
     counts = range(1, max_references + 1)
     mentioned = [(n, s, n - s) for n in counts for s in range(n, 0, -1)]
-    layouts = [(0, 0, 0), *mentioned, *((n, 0, 0) for n in counts)]
+    unmentioned = [(n, 0, 0) for n in counts]
+    mixed = [(n, s, 0) for n in counts for s in range(n - 1, 0, -1)]
+    layouts = [(0, 0, 0), *mentioned, *unmentioned, *mixed]
     return [WarmupJob(plan, n, s, p) for plan in plans for n, s, p in layouts]
 
 

@@ -37,7 +37,11 @@ ENTRY = ("1080p", "1:1")  # the cheapest entry with a refine pass (1024x1024 ref
 
 
 # (references, subjects, places): the rest of the references are not mentioned (global).
-LAYOUTS = [(0, 0, 0), (1, 1, 0), (2, 2, 0), (2, 1, 1), (3, 3, 0), (3, 2, 1), (3, 1, 2), (1, 0, 0), (2, 0, 0), (3, 0, 0)]
+LAYOUTS = [
+    *[(0, 0, 0), (1, 1, 0), (2, 2, 0), (2, 1, 1), (3, 3, 0), (3, 2, 1), (3, 1, 2)],  # all mentioned
+    *[(1, 0, 0), (2, 0, 0), (3, 0, 0)],  # none mentioned
+    *[(2, 1, 0), (3, 2, 0), (3, 1, 0)],  # subjects and global references
+]
 
 
 def test_jobs_cover_each_plan_once_with_every_layout_of_tagged_references() -> None:
@@ -68,12 +72,23 @@ def region(kinds: list[str]) -> RegionState:
     return RegionState(bindings=bindings, config=RegionConfig(), steps=30, latent_hw=(8, 8))
 
 
-def test_a_graph_tells_global_references_apart_not_places_from_subjects() -> None:
-    """The number of subjects is in the tag-token matrix's shape, among the inputs' shapes."""
+def test_a_graph_tells_whether_a_reference_is_global_not_which_nor_places_from_subjects() -> None:
+    """The number of subjects is in the tag-token matrix's shape, among the inputs' shapes; which
+    references are global, in the "on" input while tagged ones are off, in the weights after."""
     inputs = {"sample": torch.zeros(2, 4, 8, 8)}
-    key = lambda kinds: graph_key(inputs, True, region(kinds), 0.6)  # noqa: E731
+
+    def key(kinds: list[str], tagged_off: bool = True) -> tuple:
+        state = region(kinds)
+        if not tagged_off:
+            state.weights, state.step = torch.ones(len(kinds), 8, 8), state.warmup_steps
+        assert state.tagged_off == tagged_off
+        return graph_key(inputs, True, state, 0.6)
+
     assert key(["place", "subject", "subject"]) == key(["subject", "subject", "place"])
+    assert key(["global", "subject", "subject"]) == key(["subject", "global", "place"])
     assert key(["place", "subject", "subject"]) != key(["global", "subject", "subject"])
+    # Once they are on, every reference's weight is an input: global or not, one graph.
+    assert key(["place", "subject", "subject"], False) == key(["subject", "global", "subject"], False)
 
 
 def phases(steps: int) -> set[tuple[bool, bool]]:
@@ -117,6 +132,11 @@ REQUESTS = [  # (prompt, tags, images)
     ("a lighthouse in a storm", [], 2),
     ("a lighthouse in a storm", ["woman", "man", "dog"], 3),
     ("a lighthouse in @park", ["park"], 1),
+    # Subjects and global references, the global ones first or between (the warm-up's are last).
+    ("@man at dusk", ["woman", "man"], 2),
+    ("@dog chasing @man", ["woman", "man", "dog"], 3),
+    ("a portrait of @woman in @park", ["park", "dog", "woman"], 3),
+    ("@woman reading a book", ["woman"], 3),  # two untagged
 ]
 
 
@@ -151,8 +171,11 @@ def test_warm_up_captures_each_graph_of_its_entry(warmed: tuple[Generator, UNetG
     assert generator.idle_warmup_steps == 5
     # 0 references: base and refine. n mentioned references: the tag warm-up's step and the
     # refine, shared by every number of subjects; the recording step and the localized ones, per
-    # number. n global references: base and refine (nothing is recorded or localized).
-    assert captures == 2 + sum(2 + 2 * n + 2 for n in range(1, MAX_REFERENCES + 1))
+    # number. n global references: base and refine (nothing is recorded or localized). n with
+    # 1 to n-1 subjects and the rest global: the recording step with the global ones on, per number
+    # of subjects (the other steps replay the graphs of the layouts above).
+    n_max = MAX_REFERENCES
+    assert captures == 2 + sum(2 + 2 * n + 2 + (n - 1) for n in range(1, n_max + 1))
 
 
 def test_requests_of_the_warmed_shapes_capture_nothing_and_make_the_eager_image(
