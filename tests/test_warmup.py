@@ -174,8 +174,7 @@ def test_warm_up_captures_each_graph_of_its_entry(warmed: tuple[Generator, UNetG
     # number. n global references: base and refine (nothing is recorded or localized). n with
     # 1 to n-1 subjects and the rest global: the recording step with the global ones on, per number
     # of subjects (the other steps replay the graphs of the layouts above).
-    n_max = MAX_REFERENCES
-    assert captures == 2 + sum(2 + 2 * n + 2 + (n - 1) for n in range(1, n_max + 1))
+    assert captures == 2 + sum(2 + 2 * n + 2 + (n - 1) for n in range(1, MAX_REFERENCES + 1))
 
 
 def test_requests_of_the_warmed_shapes_capture_nothing_and_make_the_eager_image(
