@@ -66,6 +66,13 @@ def small_plans(factor: int = 4) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="module")
+def small() -> Iterator[None]:
+    """`small_plans` for a whole test module whose logic does not depend on the output's size."""
+    with small_plans():
+        yield
+
+
 def png_bytes(size: tuple[int, int] = (256, 256), color: str = "red", mode: str = "RGB", fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     Image.new(mode, size, color).save(buf, fmt)

@@ -3,7 +3,6 @@ the CPU. The images match the eager model's, and after the setup's warm-up no re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from model.pipeline import COMPILED_BLOCKS
 from model.request import Request
 from model.service import Generator
 from model.settings import Settings
-from tests.conftest import png_bytes, small_plans
+from tests.conftest import png_bytes
 
 
 def graphs_compiled() -> int:
@@ -23,15 +22,9 @@ def graphs_compiled() -> int:
 
 
 @pytest.fixture(scope="module")
-def small() -> Iterator[None]:
-    """Plans at a sixteenth of their pixels, every one still its own shape: what compiles on
-    first use and what the setup's warm-up meets do not depend on the size."""
-    with small_plans():
-        yield
-
-
-@pytest.fixture(scope="module")
 def compiled(tiny_weights: Path, small: None) -> Generator:
+    """At small sizes (`small`), every plan still its own shape: what compiles on first use and
+    what the setup's warm-up meets do not depend on the size."""
     return Generator(Settings(weights_dir=tiny_weights, steps=2, device="cpu", compile=True))
 
 

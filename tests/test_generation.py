@@ -83,8 +83,9 @@ def digest(path: Path) -> str:
 
 @pytest.fixture
 def small() -> Iterator[None]:
-    """Plans at a sixteenth of their pixels, for what runs once per pass or per call: the counts
-    and the bytes compared do not depend on the size."""
+    """Plans at a sixteenth of their pixels for one test (conftest's `small` is for a whole module;
+    here the other tests check full sizes): what runs once per pass or per call, counts and bytes
+    compared, does not depend on the size."""
     with small_plans():
         yield
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +22,13 @@ from model.request import Request
 from model.service import Generator
 from model.settings import Settings
 from scripts.benchmark import injection_runner
-from tests.conftest import png_bytes, small_plans
+from tests.conftest import png_bytes
 
 STEPS = 8  # warm-up is 2 steps: the base pass meets all three of its phases
 ENTRY = ("1080p", "4:3")  # a base pass and a refine pass
 
-
-@pytest.fixture(scope="module", autouse=True)
-def small() -> Iterator[None]:
-    """Plans at a sixteenth of their pixels: a graph's keys and replays do not depend on the size."""
-    with small_plans():
-        yield
+# Every plan at a sixteenth of its pixels: a graph's keys and replays do not depend on the size.
+pytestmark = pytest.mark.usefixtures("small")
 
 
 def request(tmp_path: Path, prompt: str, tags: list[str], colours: tuple[str, ...], seed: int) -> Request:

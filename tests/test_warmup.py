@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from model.settings import Settings
 from model.tables import MAX_REFERENCES
 from model.warmup import IdleWarmup, WarmupJob, warmup_jobs, warmup_steps
 from scripts.serve import CogServer
-from tests.conftest import OFFLINE_ENV, png_bytes, small_plans
+from tests.conftest import OFFLINE_ENV, png_bytes
 from tests.test_graphs import digest
 from tests.test_queue import SteppingGenerator
 
@@ -141,15 +140,9 @@ REQUESTS = [  # (prompt, tags, images)
 
 
 @pytest.fixture(scope="module")
-def small() -> Iterator[None]:
-    """Plans at a sixteenth of their pixels: the warm-up does not depend on the size."""
-    with small_plans():
-        yield
-
-
-@pytest.fixture(scope="module")
 def warmed(tiny_weights: Path, small: None) -> tuple[Generator, UNetGraphs, int]:
-    """A generator whose idle warm-up was stopped once by a 'prediction', then ran to its end."""
+    """A generator whose idle warm-up was stopped once by a 'prediction', then ran to its end; at
+    small sizes (`small`): the warm-up does not depend on the size."""
     generator = Generator(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu", warmup="1080p 1:1"))
     graphs = install_unet_graphs(generator.pipe.unet, capture=rerun)
     jobs = generator.idle_warmup
