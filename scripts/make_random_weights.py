@@ -29,6 +29,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+# The project's modules first: importing `model` drops the libraries' vacuous warnings
+# (model/logfilters.py) before diffusers, which emits one at import time, is imported.
+# isort: off
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from model.weights import (
+    FULL_RANDOM_MARKER,
+    IMAGE_ENCODER_SUBFOLDER,
+    IP_ADAPTER,
+    IP_ADAPTER_SUBFOLDER,
+    IP_ADAPTER_WEIGHT,
+    LIGHTNING_LORA_WEIGHT,
+    SDXL_BASE,
+    SDXL_LIGHTNING,
+    SDXL_VAE_FP16_FIX,
+    TINY_MARKER,
+)
+# isort: on
+
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -45,20 +63,7 @@ from transformers import (
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model.weights import (
-    FULL_RANDOM_MARKER,
-    IMAGE_ENCODER_SUBFOLDER,
-    IP_ADAPTER,
-    IP_ADAPTER_SUBFOLDER,
-    IP_ADAPTER_WEIGHT,
-    LIGHTNING_LORA_WEIGHT,
-    SDXL_BASE,
-    SDXL_LIGHTNING,
-    SDXL_VAE_FP16_FIX,
-    TINY_MARKER,
-)
+from transformers.utils import logging as transformers_logging
 
 log = logging.getLogger("make_random_weights")
 
@@ -414,6 +419,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where to create the modules (cuda is much faster for full)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    transformers_logging.disable_progress_bar()  # a bar per saved model says nothing here
     build(args.out_dir, ARCHS[args.size], args.device)
     log.info("%s random weights written to %s", args.size, args.out_dir)
 

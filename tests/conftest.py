@@ -38,10 +38,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny random weights in the real layout, built by the project's own script."""
+    """Tiny random weights in the real layout, built by the project's own script (its output is
+    kept in `build_log(out)`)."""
     out = tmp_path_factory.mktemp("tiny-weights")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_random_weights.py"), str(out)], check=True)
+    script = ROOT / "scripts" / "make_random_weights.py"
+    done = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True)
+    build_log(out).write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, f"make_random_weights.py failed:\n{done.stdout}{done.stderr}"
     return out
+
+
+def build_log(weights: Path) -> Path:
+    """Where the `tiny_weights` fixture keeps what the weights' build printed."""
+    return weights.with_name(weights.name + ".log")
 
 
 @contextmanager

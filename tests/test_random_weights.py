@@ -4,6 +4,7 @@ device (no memory, no download) against the counts the model cards and files giv
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from transformers import (
 
 from model.weights import weights_label
 from scripts.make_random_weights import FULL, SKELETON, building, ip_adapter_shapes, make_unet, make_vae
+from tests.conftest import build_log
 
 
 def parameters(module: torch.nn.Module) -> int:
@@ -63,6 +65,12 @@ def test_weights_label_says_what_the_folder_holds(tiny_weights, tmp_path) -> Non
     assert weights_label(tmp_path) == "real"
     (tmp_path / FULL.marker).write_text("full")
     assert weights_label(tmp_path) == "full-size random"
+
+
+def test_the_build_says_only_what_it_wrote(tiny_weights: Path) -> None:
+    # The README's first command runs this script on a fresh machine: no library warning that
+    # says nothing about it (diffusers' imports, model/logfilters.py), no bar per saved model.
+    assert build_log(tiny_weights).read_text().splitlines() == [f"tiny random weights written to {tiny_weights}"]
 
 
 def test_skeleton_unet_has_the_full_unets_structure(full_unet: torch.nn.Module) -> None:
