@@ -130,9 +130,9 @@ class Generator:
         self.compile_s: float | None = None
         if settings.compile:
             blocks = compile_blocks(self.pipe.unet, self.pipe.vae)
-            started = time.perf_counter()
+            compiling = time.perf_counter()
             self.warm_up([WarmupJob(plan, 1, 1) for plan in dict.fromkeys(PLANS.values())], steps=2)
-            self.compile_s = time.perf_counter() - started
+            self.compile_s = time.perf_counter() - compiling
             say(f"Compiled {blocks} UNet and VAE blocks; every output size warmed up in {self.compile_s:.1f}sec")
         label = weights_label(settings.weights_dir)
         kind = "real weights" if label == "real" else f"{label.upper()} weights (stand-ins: images are noise)"

@@ -3,6 +3,11 @@ the CPU. The images match the eager model's, and after the setup's warm-up no re
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +26,27 @@ def graphs_compiled() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
+@dataclass(frozen=True)
+class Setup:
+    generator: Generator
+    lines: list[str]  # what setup said
+    wall_s: float  # how long the Generator took to construct, timed from outside
+
+
 @pytest.fixture(scope="module")
-def compiled(tiny_weights: Path, small: None) -> Generator:
+def setup(tiny_weights: Path, small: None) -> Setup:
     """At small sizes (`small`), every plan still its own shape: what compiles on first use and
     what the setup's warm-up meets do not depend on the size."""
-    return Generator(Settings(weights_dir=tiny_weights, steps=2, device="cpu", compile=True))
+    said = io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(said):
+        generator = Generator(Settings(weights_dir=tiny_weights, steps=2, device="cpu", compile=True))
+    return Setup(generator, said.getvalue().splitlines(), time.perf_counter() - started)
+
+
+@pytest.fixture(scope="module")
+def compiled(setup: Setup) -> Generator:
+    return setup.generator
 
 
 def request(tmp_path: Path, resolution: str, aspect_ratio: str) -> Request:
@@ -42,6 +63,17 @@ def test_setup_compiles_the_blocks_and_warms_every_size(compiled: Generator) -> 
     blocks = [m for m in compiled.pipe.unet.modules() if isinstance(m, COMPILED_BLOCKS)]
     assert blocks and all(m._compiled_call_impl is not None for m in blocks)
     assert graphs_compiled() > 0
+
+
+def test_the_setup_line_times_the_whole_setup(setup: Setup) -> None:
+    """The compile's time is said on its own line, and the load line's time includes it."""
+    (compile_line,) = [line for line in setup.lines if line.startswith("Compiled ")]
+    (load_line,) = [line for line in setup.lines if line.startswith("Loaded SDXL")]
+    compile_s, load_s = (float(re.search(r"in ([0-9.]+)sec", line)[1]) for line in (compile_line, load_line))
+    assert compile_s == pytest.approx(setup.generator.compile_s, abs=0.05)
+    # Loading the tiny weights takes most of a second here; only picking the device comes before.
+    assert setup.wall_s - 0.2 <= load_s <= setup.wall_s + 0.05, (setup.lines, setup.wall_s)
+    assert load_s > compile_s
 
 
 @pytest.mark.parametrize(("resolution", "aspect_ratio"), [("1080p", "4:3"), ("720p", "21:9")])
