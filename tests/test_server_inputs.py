@@ -48,6 +48,8 @@ CASES = [
     Case("prompt over 1000 characters", {"prompt": "a " * 501}, "failed", ("is 1002 characters; at most 1000",)),
     Case("unknown resolution", {"prompt": "x", "resolution": "4k"}, "422", ("resolution", "4k")),
     Case("unknown aspect_ratio", {"prompt": "x", "aspect_ratio": "5:4"}, "422", ("aspect_ratio", "5:4")),
+    # What `cog predict -i reference_images=@a.jpg` sends: one file as a string, not a list of one.
+    Case("one image not in a list", {"prompt": "x", "reference_images": PNG}, "422", ("reference_images",)),
     Case(
         "4 images",
         {"prompt": "x", "reference_images": [PNG] * 4},
