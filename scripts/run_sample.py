@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from model.weights import missing_repos  # noqa: E402
-from scripts.serve import CogServer  # noqa: E402
+from scripts.cog_predict import failure, predict_on_new_server, save_output  # noqa: E402
 
 log = logging.getLogger("run_sample")
 PROMPT = (
@@ -73,35 +73,21 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     weights, env = pick_weights()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    server_log = args.out.parent / "server.log"
-    log.info("starting the Cog server (its own log: %s)", server_log)
-    with open(server_log, "w") as server_output:
-        body = run_request(CogServer(weights, log=server_output, extra_env=env))
+    inputs = {
+        "prompt": PROMPT,
+        "resolution": "1080p",
+        "aspect_ratio": "4:3",
+        "reference_tags": ["park", "woman", "man"],
+        "reference_images": [reference(k) for k in ("park", "woman", "man")],
+    }
+    log.info("POST /predictions with Replicate's example request, once the server is READY")
+    body = predict_on_new_server(inputs, weights, env, args.out.parent / "server.log")
     log.info("prediction logs:\n%s", body.get("logs", ""))
     if body.get("status") != "succeeded":
-        raise SystemExit(f"prediction {body.get('status')}: {body.get('error')}")
-    args.out.write_bytes(base64.b64decode(body["output"].split(",", 1)[1]))
+        raise SystemExit(failure(body))
+    save_output(body["output"], args.out)
     with Image.open(args.out) as image:
         log.info("wrote %s (%dx%d %s)", args.out, image.width, image.height, image.format)
-
-
-def run_request(server: CogServer) -> dict:
-    """Wait for READY, send the sample request, stop the server; the prediction's JSON."""
-    try:
-        server.wait_ready()
-        log.info("server READY at %s; POST /predictions with Replicate's example request", server.url)
-        body = server.predict(
-            {
-                "prompt": PROMPT,
-                "resolution": "1080p",
-                "aspect_ratio": "4:3",
-                "reference_tags": ["park", "woman", "man"],
-                "reference_images": [reference(k) for k in ("park", "woman", "man")],
-            }
-        ).json()
-    finally:
-        server.stop()
-    return body
 
 
 if __name__ == "__main__":

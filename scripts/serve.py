@@ -48,6 +48,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def post_prediction(url: str, inputs: dict, timeout: float = 600, busy_retry_s: float = 10) -> requests.Response:
+    """A sync prediction on the Cog server at `url`. A 409 means it is at capacity; coglet also
+    answers 409 for a moment right after a failed prediction while it frees the slot, so retry
+    briefly, as a client of any busy Cog server should."""
+    deadline = time.monotonic() + busy_retry_s
+    while True:
+        response = requests.post(f"{url}/predictions", json={"input": inputs}, timeout=timeout)
+        if response.status_code != 409 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
+
+
 class UploadReceiver:
     """A local stand-in for `--upload-url`'s storage on 127.0.0.1: stores every PUT/POST body by
     request path (what Cog uploads each output file to, as Replicate's own serving does)."""
@@ -129,15 +141,8 @@ class CogServer:
         raise TimeoutError(f"server did not reach READY within {timeout:.0f}s")
 
     def predict(self, inputs: dict, timeout: float = 600, busy_retry_s: float = 10) -> requests.Response:
-        """A sync prediction. A 409 means the one slot is busy; coglet also answers 409 for a
-        moment right after a failed prediction while it frees the slot, so retry briefly, as a
-        client of any busy Cog server should."""
-        deadline = time.monotonic() + busy_retry_s
-        while True:
-            response = requests.post(f"{self.url}/predictions", json={"input": inputs}, timeout=timeout)
-            if response.status_code != 409 or time.monotonic() > deadline:
-                return response
-            time.sleep(0.1)
+        """A sync prediction (`post_prediction`)."""
+        return post_prediction(self.url, inputs, timeout, busy_retry_s)
 
     def stop(self) -> None:
         self.proc.terminate()
