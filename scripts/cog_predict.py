@@ -244,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     if body.get("status") != "succeeded":
         log.error("%s", failure(body))
         return 1
-    path = save_output(body["output"], args.output)
+    try:
+        path = save_output(body["output"], args.output)
+    except (requests.RequestException, RuntimeError, OSError) as exc:
+        log.error("The prediction succeeded, but its output could not be saved: %s", exc)
+        return 1
     log.info("Written output to %s", path)
     return 0
 

@@ -62,7 +62,8 @@ def post_prediction(url: str, inputs: dict, timeout: float = 600, busy_retry_s: 
 
 class UploadReceiver:
     """A local stand-in for `--upload-url`'s storage on 127.0.0.1: stores every PUT/POST body by
-    request path (what Cog uploads each output file to, as Replicate's own serving does)."""
+    request path (what Cog uploads each output file to, as Replicate's own serving does), and
+    serves it back to a GET, as a bucket serves the URL a prediction returns."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -76,6 +77,13 @@ class UploadReceiver:
 
             do_PUT = _store  # noqa: N815 - http.server's naming
             do_POST = _store  # noqa: N815
+
+            def do_GET(self) -> None:
+                data = files.get(self.path)
+                self.send_response(200 if data is not None else 404)
+                self.send_header("Content-Length", str(len(data or b"")))
+                self.end_headers()
+                self.wfile.write(data or b"")
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
 
-from scripts.cog_predict import SCHEMA, UsageError, flag_inputs, input_properties, json_inputs
-from scripts.serve import CogServer
+from scripts.cog_predict import SCHEMA, UsageError, flag_inputs, input_properties, json_inputs, save_output
+from scripts.serve import CogServer, UploadReceiver
 from tests.conftest import OFFLINE_ENV, ROOT, png_bytes
 
 SCRIPT = ROOT / "scripts" / "cog_predict.py"
@@ -75,6 +76,21 @@ def test_json_reads_files_for_image_inputs_only(tmp_path: Path, properties: dict
         json_inputs("[1, 2]", properties)
     with pytest.raises(UsageError, match=r"^--json reference_images\[0\]: cannot read 'nope.png'"):
         json_inputs('{"reference_images": ["@nope.png"]}', properties)
+
+
+def test_an_uploaded_output_is_fetched_from_its_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `--upload-url` the server returns the file's URL: the script downloads it from there."""
+    receiver = UploadReceiver()
+    try:
+        receiver.files["/uploads/gen4-5-abc.webp"] = webp = png_bytes((64, 48), "navy", fmt="WEBP")
+        monkeypatch.chdir(tmp_path)
+        assert save_output(receiver.url + "gen4-5-abc.webp", None) == Path("output.webp")
+        assert (tmp_path / "output.webp").read_bytes() == webp
+        with pytest.raises(requests.HTTPError, match="404"):
+            save_output(receiver.url + "gone.png", tmp_path / "gone.png")
+    finally:
+        receiver.stop()
+    assert not (tmp_path / "gone.png").exists()
 
 
 def run_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
