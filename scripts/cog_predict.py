@@ -208,7 +208,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE", help="a server setting")
     parser.add_argument("--url", help="send the prediction to this running Cog server instead of starting one")
     parser.add_argument("--weights-dir", type=Path, default=Path(os.environ.get("WEIGHTS_DIR", ROOT / "weights")))
-    parser.add_argument("--setup-timeout", type=float, default=600, help="seconds (a first start downloads weights)")
+    parser.add_argument("--setup-timeout", type=float, default=3600, help="seconds (a first start downloads 9 GB)")
     parser.add_argument("--server-log", type=Path, default=Path(tempfile.gettempdir()) / "gen4-cog-predict.log")
     args = parser.parse_args(argv)
     if args.json is not None and args.input:
