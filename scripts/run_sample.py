@@ -1,6 +1,6 @@
 """The main job: start the Cog server and write an image for a sample request with references.
 
-    python scripts/run_sample.py [--out outputs/sample.png]
+    python scripts/run_sample.py [--out outputs/sample.png] [--weights-dir weights] [--tiny-weights-dir .tiny-weights]
 
 Uses the real weights when weights/ holds them all; otherwise builds tiny random weights into
 .tiny-weights/ (offline, seconds) and says so loudly: those images are noise. The request is
@@ -50,15 +50,16 @@ def reference(kind: str) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def pick_weights() -> tuple[Path, dict[str, str]]:
-    real = ROOT / "weights"
+def pick_weights(real: Path, tiny: Path) -> tuple[Path, dict[str, str]]:
+    """The real weights when `real` holds them all, else the tiny ones (built into `tiny` if
+    missing), with the server settings each runs with."""
     if not missing_repos(real):
         log.info("Using REAL weights from %s", real)
         return real, {}
-    tiny = ROOT / ".tiny-weights"
     log.info(
-        "weights/ is incomplete (run scripts/download_weights.py for the real ones): using TINY RANDOM "
+        "%s is incomplete (run scripts/download_weights.py for the real weights): using TINY RANDOM "
         "weights from %s, so the image will be noise of the right size",
+        real,
         tiny,
     )
     if missing_repos(tiny):
@@ -69,9 +70,11 @@ def pick_weights() -> tuple[Path, dict[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "sample.png")
+    parser.add_argument("--weights-dir", type=Path, default=ROOT / "weights", help="the real weights")
+    parser.add_argument("--tiny-weights-dir", type=Path, default=ROOT / ".tiny-weights", help="built here if missing")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    weights, env = pick_weights()
+    weights, env = pick_weights(args.weights_dir, args.tiny_weights_dir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     inputs = {
         "prompt": PROMPT,

@@ -1,4 +1,5 @@
-"""The README's Python example runs as written, on tiny weights, with local reference files."""
+"""The README's main job (its first command) and its Python example run as written, on tiny
+weights, with local reference files."""
 
 from __future__ import annotations
 
@@ -48,3 +49,25 @@ def test_the_readme_python_example_names_a_bad_field(tiny_weights: Path, tmp_pat
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("reference_images[0]"), done.stderr[-2000:]
     assert not (tmp_path / "out.png").exists()
+
+
+def test_the_readme_main_job_writes_the_sample_and_says_which_weights(tiny_weights: Path, tmp_path: Path) -> None:
+    """The first command's `scripts/run_sample.py`, without real weights: it says it uses the tiny
+    ones, starts the real server, and writes Replicate's example at its exact size; and it prints
+    what it did, no library's warning."""
+    first = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    assert "bash scripts/setup.sh && .venv/bin/python scripts/run_sample.py\n" in first, first
+    out = tmp_path / "outputs" / "sample.png"
+    env = os.environ | OFFLINE_ENV | {"GEN4_DOWNLOAD_WEIGHTS": "false"}
+    command = [sys.executable, str(ROOT / "scripts" / "run_sample.py"), "--out", str(out)]
+    command += ["--weights-dir", str(tmp_path / "weights"), "--tiny-weights-dir", str(tiny_weights)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said[-3000:]
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (1440, 1080)
+    assert "is incomplete (run scripts/download_weights.py for the real weights): using TINY RANDOM" in said
+    assert "Loaded SDXL + IP-Adapter Plus with TINY RANDOM weights" in said
+    assert "Using reference tags: park, woman, man" in said and f"wrote {out} (1440x1080 PNG)" in said
+    assert not re.search(r"warn", said, flags=re.I), said
+    assert (out.parent / "server.log").stat().st_size > 0
