@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError) as exc:  # setup failed, or never got READY
         log.error("The server did not start: %s (its log: %s)", exc, args.server_log)
         return 1
+    except requests.RequestException as exc:  # --url: nothing there, or not a Cog server's answer
+        log.error("No prediction from %s: %s", args.url, exc)
+        return 1
     if body.get("logs"):
         sys.stderr.write(body["logs"] if body["logs"].endswith("\n") else body["logs"] + "\n")
     if body.get("status") != "succeeded":

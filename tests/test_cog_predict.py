@@ -15,7 +15,7 @@ import requests
 from PIL import Image
 
 from scripts.cog_predict import SCHEMA, UsageError, flag_inputs, input_properties, json_inputs, save_output
-from scripts.serve import CogServer, UploadReceiver
+from scripts.serve import CogServer, UploadReceiver, free_port
 from tests.conftest import OFFLINE_ENV, ROOT, png_bytes
 
 SCRIPT = ROOT / "scripts" / "cog_predict.py"
@@ -133,3 +133,7 @@ def test_with_url_it_uses_a_running_server_and_says_what_it_refused(cog_server: 
     invalid = run_script(["--url", cog_server.url, "-i", "prompt=x", "-i", "aspect_ratio=5:4"], tmp_path)
     assert invalid.returncode == 1
     assert invalid.stderr.splitlines()[-1].startswith("Inputs refused: aspect_ratio: "), invalid.stderr
+    nobody = f"http://127.0.0.1:{free_port()}"
+    unreachable = run_script(["--url", nobody, "-i", "prompt=x"], tmp_path)
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.splitlines()[-1].startswith(f"No prediction from {nobody}: "), unreachable.stderr
