@@ -1,27 +1,27 @@
 """Cog predictor with exactly the interface of Replicate's runwayml/gen4-image.
 
 Thin on purpose: the Input declarations, then one call into model/. `run` is async so that Cog
-can admit up to cog.yaml's `concurrency.max` predictions at once; model/queue.py runs their
+can admit up to cog.yaml's `concurrency.max` predictions at once; model/serving/queue.py runs their
 generations one at a time, first in first out, instead of answering 409.
 """
 
 from cog import BaseRunner, Input, Path
 
-from model.prefetch import prefetch_weights
+from model.serving.prefetch import prefetch_weights
 
 # Before the heavy imports below (torch, diffusers: seconds), so that a cold start reads the
-# weights from disk meanwhile (model/prefetch.py).
+# weights from disk meanwhile (model/serving/prefetch.py).
 prefetch_weights()
 
-from model.queue import GenerationQueue  # noqa: E402
-from model.request import Request  # noqa: E402
-from model.service import Generator  # noqa: E402
-from model.tables import (  # noqa: E402
+from model.contract.request import Request  # noqa: E402
+from model.contract.tables import (  # noqa: E402
     ASPECT_RATIOS,
     DEFAULT_ASPECT_RATIO,
     DEFAULT_RESOLUTION,
     RESOLUTIONS,
 )
+from model.serving.queue import GenerationQueue  # noqa: E402
+from model.serving.service import Generator  # noqa: E402
 
 
 class Predictor(BaseRunner):

@@ -13,7 +13,7 @@ Sizes: for each ratio-table entry, with 0 and with 3 tagged references, the warm
 encoding, base denoise, refine, VAE decode, resize, PNG write), the refine pass as a fraction of
 the base pass, and peak GPU memory on CUDA. References: encoding time cold (new images) and
 cached; and three 12 MP phone photos from file to features, decoded in full against decoded
-reduced to what the image encoder reads (model/images.py). PNG: the output's encoder (every
+reduced to what the image encoder reads (model/contract/images.py). PNG: the output's encoder (every
 core) against Pillow's, on a photo-like image and on noise of the last entry's size. Turbo and
 compile: each against the default in the same run, and what compiling adds to setup
 (GEN4_COMPILE compiles and warms every size there). On CUDA, the eager step loop against the
@@ -62,19 +62,19 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from model.cache import LRUCache  # noqa: E402
-from model.images import decode_reference, decode_references, image_bytes  # noqa: E402
-from model.plan import plan_for  # noqa: E402
-from model.png import PngEncoder  # noqa: E402
-from model.prompt import parse_prompt  # noqa: E402
-from model.references import ReferenceEncoder  # noqa: E402
-from model.regions import RegionConfig, RegionState, bind_references  # noqa: E402
-from model.request import Request  # noqa: E402
-from model.service import Generator  # noqa: E402
-from model.settings import settings_from_env  # noqa: E402
-from model.tables import REFERENCE_DECODE_SIDE, parse_entries  # noqa: E402
-from model.tokens import mention_positions  # noqa: E402
-from model.weights import missing_repos, weights_label  # noqa: E402
+from model.contract.cache import LRUCache  # noqa: E402
+from model.contract.images import decode_reference, decode_references, image_bytes  # noqa: E402
+from model.contract.prompt import parse_prompt  # noqa: E402
+from model.contract.request import Request  # noqa: E402
+from model.contract.tables import REFERENCE_DECODE_SIDE, parse_entries  # noqa: E402
+from model.engine.plan import plan_for  # noqa: E402
+from model.engine.references import ReferenceEncoder  # noqa: E402
+from model.engine.regions import RegionConfig, RegionState, bind_references  # noqa: E402
+from model.engine.tokens import mention_positions  # noqa: E402
+from model.engine.weights import missing_repos, weights_label  # noqa: E402
+from model.serving.png import PngEncoder  # noqa: E402
+from model.serving.service import Generator  # noqa: E402
+from model.serving.settings import settings_from_env  # noqa: E402
 from scripts.serve import CogServer, UploadReceiver  # noqa: E402
 
 log = logging.getLogger("benchmark")
@@ -181,7 +181,7 @@ def bench_reference_cache(generator: Generator, runs: int) -> dict:
     }
 
 
-# The first and the last line that Generator.run writes to a prediction's logs (model/service.py).
+# The first and the last line that Generator.run writes to a prediction's logs (model/serving/service.py).
 GENERATOR_FIRST_LINE = "Using seed:"
 GENERATOR_LAST_LINE = "Generated image in"
 # predict.py's Predictor with the model taken out (bench_server's floor).
@@ -522,7 +522,7 @@ def bench_reference_decode(generator: Generator, runs: int) -> dict:
 
 
 def bench_png(entry: tuple[str, str], runs: int) -> dict:
-    """The output's PNG encoding (model/png.py, every core) against Pillow's (one core), both at
+    """The output's PNG encoding (model/serving/png.py, every core) against Pillow's (one core), both at
     deflate level 1, interleaved, on a photo-like image and on noise of the entry's size."""
     width, height = plan_for(*entry).target
     noise = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)

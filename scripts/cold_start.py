@@ -3,7 +3,7 @@
 Each run drops the kernel's page cache first (root only: /proc/sys/vm/drop_caches), then times,
 in a fresh Python, `import predict` and `load_pipeline` from the weights folder, as the server's
 worker does at setup; each mode once more with the cache warm. Modes, interleaved run by run:
-- read: as the server starts (GEN4_PREFETCH on: model/prefetch.py reads the weight files in a
+- read: as the server starts (GEN4_PREFETCH on: model/serving/prefetch.py reads the weight files in a
   thread while Python imports);
 - none: with GEN4_PREFETCH=0;
 - fadvise: GEN4_PREFETCH=0, and the kernel asked to read the files ahead (posix_fadvise WILLNEED).
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 MODES = ("none", "read", "fadvise")
 
-from model.prefetch import THREAD_NAME, read_files  # noqa: E402 - pure: no torch
-from model.weights import weight_files  # noqa: E402
+from model.engine.weights import weight_files  # noqa: E402
+from model.serving.prefetch import THREAD_NAME, read_files  # noqa: E402 - pure: no torch
 
 
 def advise_all(files: list[Path]) -> None:
@@ -52,7 +52,7 @@ def child(mode: str, weights_dir: Path, device: str) -> dict:
     imported = time.perf_counter()
     import torch
 
-    from model.pipeline import Runtime, load_pipeline
+    from model.engine.pipeline import Runtime, load_pipeline
 
     dtype = torch.float16  # the files' own dtype: no conversion, as on a GPU
     load_pipeline(weights_dir, Runtime(device=torch.device(device), dtype=dtype))

@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.service import Generator  # noqa: E402
-from model.settings import settings_from_env  # noqa: E402
+from model.serving.service import Generator  # noqa: E402
+from model.serving.settings import settings_from_env  # noqa: E402
 from scripts.benchmark import count_injection_ops, emit_json, injection_runner, quiet, run_facts  # noqa: E402
 
 

@@ -3,7 +3,7 @@
     python scripts/download_weights.py [--weights-dir weights]
 
 SDXL base 1.0 (fp16 variant), the fp16-fix SDXL VAE, and IP-Adapter Plus for SDXL with its ViT-H
-image encoder (see model/weights.py). What is already present is skipped; a repository that the
+image encoder (see model/engine/weights.py). What is already present is skipped; a repository that the
 local Hugging Face cache (HF_HUB_CACHE) already holds whole is hard-linked from there (copied
 across filesystems) without the hub. Anything else needs network access to the Hugging Face hub;
 never runs at import or test time.
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model.download import download_missing
+from model.serving.download import download_missing
 
 log = logging.getLogger("download_weights")
 

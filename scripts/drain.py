@@ -6,9 +6,9 @@
 For servers started with `--await-explicit-shutdown true` (they ignore SIGTERM): Kubernetes runs
 this as the pod's preStop hook (deploy/kubernetes.yaml). coglet 0.23's /shutdown stops at once,
 dropping admitted predictions, so the wait happens here: after `--settle` seconds (the load
-balancer stops sending new requests), it polls the queue's state file (model/queue.py writes the
+balancer stops sending new requests), it polls the queue's state file (model/serving/queue.py writes the
 number of predictions in flight) until it reads zero twice, then asks Cog to shut down.
-Light: the standard library and model/settings.py (no torch), so it starts fast in the
+Light: the standard library and model/serving/settings.py (no torch), so it starts fast in the
 model's image beside the server.
 """
 
@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model.settings import settings_from_env
+from model.serving.settings import settings_from_env
 
 
 def in_flight(state_file: Path) -> int:

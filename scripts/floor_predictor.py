@@ -14,12 +14,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from model.request import Request
+from model.contract.request import Request
 from predict import Predictor
 
 
 class CopyQueue:
-    """Stands in for model/queue.py's GenerationQueue: no validation, no queue, no model."""
+    """Stands in for model/serving/queue.py's GenerationQueue: no validation, no queue, no model."""
 
     def __init__(self, source: Path) -> None:
         self.source = source

@@ -33,11 +33,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0  # noqa: E402
 
-from model import regions  # noqa: E402
-from model.pipeline import SDXLPipeline, attention_modules  # noqa: E402
-from model.regions import RegionState  # noqa: E402
-from model.service import Generator  # noqa: E402
-from model.settings import settings_from_env  # noqa: E402
+from model.engine import regions  # noqa: E402
+from model.engine.pipeline import SDXLPipeline, attention_modules  # noqa: E402
+from model.engine.regions import RegionState  # noqa: E402
+from model.serving.service import Generator  # noqa: E402
+from model.serving.settings import settings_from_env  # noqa: E402
 from scripts.benchmark import emit_json, injection_runner, interleaved, quiet, run_facts  # noqa: E402
 from scripts.make_random_weights import SKELETON, build  # noqa: E402
 

@@ -9,7 +9,7 @@ CPU measures the host's work per step (scripts/host_overhead.py).
 full: the published architectures (SDXL base UNet, both text encoders, the fp16-fix VAE, ViT-H/14
 and IP-Adapter Plus SDXL, SDXL-Lightning's rank-64 LoRA) with random values, about 9 GB in fp16:
 real GPU timings without any download. Build on the GPU with --device cuda (minutes on a CPU).
-The folders match what scripts/download_weights.py fetches (see model/weights.py), so one loading
+The folders match what scripts/download_weights.py fetches (see model/engine/weights.py), so one loading
 path serves all three. The CLIP tokenizers are real: built from the BPE vocabulary that the
 open-clip-torch package ships. Random weights make noise images: a marker file says which kind.
 """
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 # The project's modules first: importing `model` drops the libraries' vacuous warnings
-# (model/logfilters.py) before diffusers, which emits one at import time, is imported.
+# (model/serving/logs.py) before diffusers, which emits one at import time, is imported.
 # isort: off
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model.weights import (
+from model.engine.weights import (
     FULL_RANDOM_MARKER,
     IMAGE_ENCODER_SUBFOLDER,
     IP_ADAPTER,

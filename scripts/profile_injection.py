@@ -19,9 +19,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from model.service import Generator  # noqa: E402
-from model.settings import Settings  # noqa: E402
-from model.weights import missing_repos  # noqa: E402
+from model.engine.weights import missing_repos  # noqa: E402
+from model.serving.service import Generator  # noqa: E402
+from model.serving.settings import Settings  # noqa: E402
 from scripts.benchmark import build_random_weights, injection_runner  # noqa: E402
 
 

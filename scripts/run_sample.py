@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from model.weights import missing_repos  # noqa: E402
+from model.engine.weights import missing_repos  # noqa: E402
 from scripts.cog_predict import failure, predict_on_new_server, save_output  # noqa: E402
 
 log = logging.getLogger("run_sample")

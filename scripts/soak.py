@@ -42,7 +42,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model.tables import ASPECT_RATIOS
+from model.contract.tables import ASPECT_RATIOS
 from scripts.run_sample import pick_weights
 from scripts.serve import CogServer
 
@@ -51,7 +51,7 @@ CACHE_SIZE = 4
 DECODED_CACHE_MB = 1  # five of the soak's 256x256 references, decoded
 MAX_RSS_GROWTH = 0.05
 MMAP_THRESHOLD = 4 * 2**20  # bytes: blocks this large are mapped and unmapped, never kept in the heap
-# Outputs the server keeps on purpose (model/output.py keeps the last 8 folders) plus slack for
+# Outputs the server keeps on purpose (model/serving/output.py keeps the last 8 folders) plus slack for
 # the downloads of the prediction in flight.
 FILE_SLACK = 12
 

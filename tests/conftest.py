@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from model.plan import PLANS, Plan
+from model.engine.plan import PLANS, Plan
 from scripts.serve import CogServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from model.request import Request
-from model.service import say
+from model.contract.request import Request
+from model.serving.logs import say
 from predict import Predictor
 
 

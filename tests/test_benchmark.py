@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from model.tables import REFERENCE_DECODE_SIDE
+from model.contract.tables import REFERENCE_DECODE_SIDE
 from scripts.host_overhead import SAVINGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +146,7 @@ def test_the_warmed_server_part_waits_for_the_idle_warm_up_then_times_two_reques
     tiny_weights: Path, tmp_path: Path
 ) -> None:
     """On a CPU only with --server-warmed (it saves graph captures, which a CPU has none of)."""
-    from model.warmup import warmup_jobs
+    from model.serving.warmup import warmup_jobs
     from scripts.benchmark import bench_server_warmed, reference_files
 
     warmed = bench_server_warmed(tiny_weights, 2, ("720p", "1:1"), reference_files(tmp_path))

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from model.cache import LRUCache
+from model.contract.cache import LRUCache
 
 
 def test_the_least_recently_used_entry_goes_first() -> None:

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from model.pipeline import COMPILED_BLOCKS
-from model.request import Request
-from model.service import Generator
-from model.settings import Settings
+from model.contract.request import Request
+from model.engine.pipeline import COMPILED_BLOCKS
+from model.serving.service import Generator
+from model.serving.settings import Settings
 from tests.conftest import png_bytes
 
 

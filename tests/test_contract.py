@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from model.settings import Settings, settings_from_env
-from model.tables import OUTPUT_SIZES
+from model.contract.tables import OUTPUT_SIZES
+from model.serving.settings import Settings, settings_from_env
 from tests.conftest import ROOT, SHARED
 
 REFERENCE = SHARED / "api" / "replicate-gen4-image.input.json"

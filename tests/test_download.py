@@ -14,8 +14,8 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
-from model.download import download_missing, from_hf_cache
-from model.weights import SDXL_BASE, WeightsRepo, missing_repos, required_repos
+from model.engine.weights import SDXL_BASE, WeightsRepo, missing_repos, required_repos
+from model.serving.download import download_missing, from_hf_cache
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

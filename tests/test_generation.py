@@ -26,9 +26,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPImageProcessorPil, CLIPTextConfig
 
-from model import images
-from model.generate import decode, to_pil
-from model.pipeline import (
+from model.contract import images
+from model.contract.request import Request
+from model.contract.tables import OUTPUT_SIZES, REFERENCE_DECODE_SIDE
+from model.engine.generate import decode, to_pil
+from model.engine.pipeline import (
     MissingWeightsError,
     ProjectionOncePerPass,
     Runtime,
@@ -39,13 +41,9 @@ from model.pipeline import (
     load_pipeline,
     processor_parameters,
 )
-from model.references import ReferenceEncoder
-from model.regions import RegionState
-from model.request import Request
-from model.service import Generator
-from model.settings import Settings
-from model.tables import OUTPUT_SIZES, REFERENCE_DECODE_SIDE
-from model.weights import (
+from model.engine.references import ReferenceEncoder
+from model.engine.regions import RegionState
+from model.engine.weights import (
     ALL_REPOS,
     IMAGE_ENCODER_SUBFOLDER,
     IP_ADAPTER,
@@ -56,6 +54,8 @@ from model.weights import (
     SDXL_LIGHTNING,
     SDXL_VAE_FP16_FIX,
 )
+from model.serving.service import Generator
+from model.serving.settings import Settings
 from scripts.host_overhead import device_looked_up, text_projected_every_step
 from tests.conftest import png_bytes, small_plans
 
@@ -115,7 +115,7 @@ def test_same_seed_same_bytes_other_seed_other_image(generator: Generator, tmp_p
 
 
 def test_references_are_decoded_at_three_times_what_the_image_encoder_reads(generator: Generator) -> None:
-    """model/images.py reduces references to REFERENCE_DECODE_SIDE: 3x the loaded encoder's input,
+    """model/contract/images.py reduces references to REFERENCE_DECODE_SIDE: 3x the loaded encoder's input,
     as its preprocessor resizes and crops. That is diffusers' IP-Adapter preprocessing, on the PIL
     backend that the project's image (no torchvision) has, whatever this machine has installed."""
     processor = generator.pipe.feature_extractor

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from model.request import Request
-from model.service import Generator
-from model.settings import Settings
-from model.tables import OUTPUT_SIZES
-from model.weights import missing_repos
+from model.contract.request import Request
+from model.contract.tables import OUTPUT_SIZES
+from model.engine.weights import missing_repos
+from model.serving.service import Generator
+from model.serving.settings import Settings
 from tests.conftest import png_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def test_cuda_graphs_make_the_eager_image(tiny_weights: Path, tmp_path: Path) ->
 @pytest.mark.gpu
 @needs_cuda
 def test_the_idle_warm_up_leaves_a_request_of_its_shape_no_graph_to_capture(tiny_weights: Path, tmp_path: Path) -> None:
-    """On CUDA the warm-up is on by default, for Replicate's default entry (model/warmup.py)."""
+    """On CUDA the warm-up is on by default, for Replicate's default entry (model/serving/warmup.py)."""
     generator = Generator(Settings(weights_dir=tiny_weights, steps=8, device="cuda"))
     assert {(job.plan.target, job.references) for job in generator.idle_warmup} == {
         (OUTPUT_SIZES["1080p"]["16:9"], n) for n in range(4)

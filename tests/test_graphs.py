@@ -1,4 +1,4 @@
-"""CUDA graphs of the UNet step (model/graphs.py), their logic checked on the CPU.
+"""CUDA graphs of the UNet step (model/engine/graphs.py), their logic checked on the CPU.
 
 A CUDA graph replays its capture's kernels over its input buffers, with the capture's Python
 decisions frozen. `rerun` does the same on a CPU: each replay runs the step again over the same
@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from model.graphs import StepFn, UNetGraphs, install_unet_graphs, rerun
-from model.request import Request
-from model.service import Generator
-from model.settings import Settings
+from model.contract.request import Request
+from model.engine.graphs import StepFn, UNetGraphs, install_unet_graphs, rerun
+from model.serving.service import Generator
+from model.serving.settings import Settings
 from scripts.benchmark import injection_runner
 from tests.conftest import png_bytes
 
@@ -113,7 +113,7 @@ def test_a_failed_capture_leaves_its_key_eager(
 
     graphs = install_unet_graphs(generator.pipe.unet, capture=broken)
     plain = request(tmp_path, "a lighthouse in a storm", [], (), seed=5)
-    with caplog.at_level(logging.WARNING, logger="model.graphs"):
+    with caplog.at_level(logging.WARNING, logger="model.engine.graphs"):
         assert_same_image(generator, eager, plain)
     assert graphs.captures == 0 and set(graphs.graphs.values()) == {None}
     assert sum("capture failed" in r.message for r in caplog.records) == 2  # once per key, not per step

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model import images
-from model.cache import LRUCache
-from model.errors import InputError
-from model.images import check_source, decode_reference, decode_references, image_bytes
-from model.pipeline import clip_processor
-from model.tables import REFERENCE_DECODE_SIDE
+from model.contract import images
+from model.contract.cache import LRUCache
+from model.contract.errors import InputError
+from model.contract.images import check_source, decode_reference, decode_references, image_bytes
+from model.contract.tables import REFERENCE_DECODE_SIDE
+from model.engine.pipeline import clip_processor
 from scripts.benchmark import photo_like
 from tests.conftest import png_bytes
 from tests.samples import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from model.plan import BASE_SIZES, PLANS, cover_box, plan_for
-from model.tables import OUTPUT_SIZES
+from model.contract.tables import OUTPUT_SIZES
+from model.engine.plan import BASE_SIZES, PLANS, cover_box, plan_for
 
 ENTRIES = [(r, a) for r, table in OUTPUT_SIZES.items() for a in table]
 

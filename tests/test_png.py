@@ -1,4 +1,4 @@
-"""The output's PNG encoder (model/png.py): every band joins into one valid stream, decoded by
+"""The output's PNG encoder (model/serving/png.py): every band joins into one valid stream, decoded by
 Pillow to the very pixels written, at Pillow's size."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.output import OutputWriter, make_masks_dir
-from model.png import PngEncoder, encode_png, paeth_rows
+from model.serving.output import OutputWriter, make_masks_dir
+from model.serving.png import PngEncoder, encode_png, paeth_rows
 from scripts.benchmark import photo_like
 
 

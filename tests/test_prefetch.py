@@ -1,4 +1,4 @@
-"""The weights prefetch that predict.py starts before its heavy imports (model/prefetch.py)."""
+"""The weights prefetch that predict.py starts before its heavy imports (model/serving/prefetch.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from model.prefetch import THREAD_NAME, prefetch_weights, read_files
-from model.weights import IP_ADAPTER, SDXL_BASE, SDXL_LIGHTNING, required_repos, weight_files
+from model.engine.weights import IP_ADAPTER, SDXL_BASE, SDXL_LIGHTNING, required_repos, weight_files
+from model.serving.prefetch import THREAD_NAME, prefetch_weights, read_files
 
 
 def fake_weights(root: Path, turbo: bool = False) -> dict[Path, int]:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from model.errors import InputError
-from model.queue import GenerationQueue
-from model.request import Request
-from model.service import Canceled
+from model.contract.errors import InputError
+from model.contract.request import Request
+from model.serving.queue import GenerationQueue
+from model.serving.service import Canceled
 
 
 class SteppingGenerator:

@@ -16,7 +16,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from model.weights import weights_label
+from model.engine.weights import weights_label
 from scripts.make_random_weights import FULL, SKELETON, building, ip_adapter_shapes, make_unet, make_vae
 from tests.conftest import build_log
 
@@ -69,7 +69,7 @@ def test_weights_label_says_what_the_folder_holds(tiny_weights, tmp_path) -> Non
 
 def test_the_build_says_only_what_it_wrote(tiny_weights: Path) -> None:
     # The README's first command runs this script on a fresh machine: no library warning that
-    # says nothing about it (diffusers' imports, model/logfilters.py), no bar per saved model.
+    # says nothing about it (diffusers' imports, model/serving/logs.py), no bar per saved model.
     assert build_log(tiny_weights).read_text().splitlines() == [f"tiny random weights written to {tiny_weights}"]
 
 

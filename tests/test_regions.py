@@ -9,9 +9,9 @@ import torch
 from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0, IPAdapterAttnProcessor2_0
 from transformers import CLIPTokenizer
 
-from model.pipeline import load_pipeline, pick_runtime
-from model.prompt import parse_prompt
-from model.regions import (
+from model.contract.prompt import parse_prompt
+from model.engine.pipeline import load_pipeline, pick_runtime
+from model.engine.regions import (
     Binding,
     RegionAwareFusedAttnProcessor2_0,
     RegionConfig,
@@ -21,10 +21,10 @@ from model.regions import (
     install_processors,
     masks_from_maps,
 )
-from model.service import Generator
-from model.settings import Settings
-from model.tokens import mention_positions, window_ids
-from model.weights import SDXL_BASE
+from model.engine.tokens import mention_positions, window_ids
+from model.engine.weights import SDXL_BASE
+from model.serving.service import Generator
+from model.serving.settings import Settings
 from scripts.benchmark import OpCounter, injection_runner
 
 

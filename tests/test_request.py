@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from model.errors import InputError
-from model.prompt import find_mentions, parse_prompt
-from model.request import Request, check_fields
+from model.contract.errors import InputError
+from model.contract.prompt import find_mentions, parse_prompt
+from model.contract.request import Request, check_fields
 
 
 def req(**kw: object) -> Request:

@@ -1,4 +1,4 @@
-"""The refine pass's upscale on the device (model/resize.py): Pillow's Lanczos, as matrices."""
+"""The refine pass's upscale on the device (model/engine/resize.py): Pillow's Lanczos, as matrices."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 
-from model.generate import Stopwatch, generate, resample
-from model.plan import PLANS, plan_for
-from model.prompt import parse_prompt
-from model.resize import cover_resize, lanczos_weights
-from model.service import Generator
-from model.settings import Settings
+from model.contract.prompt import parse_prompt
+from model.engine.generate import Stopwatch, generate, resample
+from model.engine.plan import PLANS, plan_for
+from model.engine.resize import cover_resize, lanczos_weights
+from model.serving.service import Generator
+from model.serving.settings import Settings
 from scripts.benchmark import photo_like
 
 

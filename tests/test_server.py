@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from model.tables import OUTPUT_SIZES
+from model.contract.tables import OUTPUT_SIZES
 from scripts.drain import drain, in_flight
 from scripts.serve import CogServer, max_concurrency
 from tests.conftest import OFFLINE_ENV, data_uri, image_from_data_uri, png_bytes
@@ -124,7 +124,7 @@ def test_health_and_openapi(cog_server: CogServer) -> None:
 
 def test_the_setup_log_says_what_loaded_and_nothing_else(cog_server: CogServer, queue_state_file: Path) -> None:
     """What the worker printed at setup: the one line that names the weights, not the libraries'
-    loading progress bars or their warnings that say nothing about this server (model/logfilters.py)."""
+    loading progress bars or their warnings that say nothing about this server (model/serving/logs.py)."""
     # coglet tags the worker's output `coglet::setup` while setup runs; a line that reaches it just
     # after setup returned comes as `coglet::user` (seen in CI), outside any prediction either way,
     # and possibly after READY: wait a little for it.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from model.settings import Settings, env_name, settings_from_env
+from model.serving.settings import Settings, env_name, settings_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
 """The prompt's text embeddings: one window exactly as diffusers encodes it, longer prompts in
-windows of 77 (model/text.py), on the real diffusers pipeline with tiny weights."""
+windows of 77 (model/engine/text.py), on the real diffusers pipeline with tiny weights."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from model.pipeline import load_pipeline, pick_runtime
-from model.text import TextEncoder
+from model.engine.pipeline import load_pipeline, pick_runtime
+from model.engine.text import TextEncoder
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The idle warm-up (model/warmup.py): what it generates, that it leaves a request of its shapes no
+"""The idle warm-up (model/serving/warmup.py): what it generates, that it leaves a request of its shapes no
 graph to capture, that a prediction stops it and it goes on after, and the real server with it.
 
 Graphs are captured with `rerun`, the CPU stand-in of tests/test_graphs.py: each key's capture and
@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.graphs import UNetGraphs, graph_key, install_unet_graphs, rerun
-from model.plan import plan_for
-from model.prompt import parse_prompt
-from model.queue import GenerationQueue
-from model.regions import Binding, RegionConfig, RegionState, bind_references
-from model.request import Request
-from model.service import Generator
-from model.settings import Settings
-from model.tables import MAX_REFERENCES
-from model.warmup import IdleWarmup, WarmupJob, warmup_jobs, warmup_steps
+from model.contract.prompt import parse_prompt
+from model.contract.request import Request
+from model.contract.tables import MAX_REFERENCES
+from model.engine.graphs import UNetGraphs, graph_key, install_unet_graphs, rerun
+from model.engine.plan import plan_for
+from model.engine.regions import Binding, RegionConfig, RegionState, bind_references
+from model.serving.queue import GenerationQueue
+from model.serving.service import Generator
+from model.serving.settings import Settings
+from model.serving.warmup import IdleWarmup, WarmupJob, warmup_jobs, warmup_steps
 from scripts.serve import CogServer
 from tests.conftest import OFFLINE_ENV, png_bytes
 from tests.test_graphs import digest

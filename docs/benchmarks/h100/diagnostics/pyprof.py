@@ -9,9 +9,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path.cwd()))
 import torch
-
 from model.service import Generator
 from model.settings import Settings
+
 from scripts.benchmark import injection_runner
 
 weights = Path(sys.argv[1])

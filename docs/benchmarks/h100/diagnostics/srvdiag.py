@@ -12,10 +12,10 @@ sys.path.insert(0, str(Path.cwd()))
 from dataclasses import replace
 
 import torch
-
 from model.queue import GenerationQueue
 from model.service import Generator
 from model.settings import settings_from_env
+
 from scripts.benchmark import quiet, reference_files, request_for, served_inputs
 from scripts.serve import CogServer
 

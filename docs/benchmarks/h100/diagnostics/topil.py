@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from diffusers.image_processor import VaeImageProcessor
-
 from model.generate import to_pil
 
 vae = AutoencoderKL.from_pretrained(Path(sys.argv[1]) / "sdxl-vae-fp16-fix", torch_dtype=torch.float16).to("cuda")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path.cwd()))
 import torch
-
 from model.service import Generator
 from model.settings import settings_from_env
+
 from scripts.benchmark import quiet, reference_files, request_for
 
 weights = Path(sys.argv[1])

@@ -11,8 +11,8 @@ import logging
 import threading
 from pathlib import Path
 
-from model.settings import settings_from_env
-from model.weights import weight_files
+from model.engine.weights import weight_files
+from model.serving.settings import settings_from_env
 
 log = logging.getLogger(__name__)
 CHUNK = 8 << 20  # large sequential reads: the disk's best pattern

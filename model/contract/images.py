@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from model.cache import LRUCache
-from model.errors import InputError, show
-from model.tables import (
+from model.contract.cache import LRUCache
+from model.contract.errors import InputError, show
+from model.contract.tables import (
     MAX_REFERENCE_PIXELS,
     MIN_REFERENCE_SIDE,
     REFERENCE_ASPECT_RANGE,

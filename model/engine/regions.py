@@ -25,7 +25,7 @@ from diffusers.models.attention_processor import (
     IPAdapterAttnProcessor2_0,
 )
 
-from model.prompt import ParsedPrompt
+from model.contract.prompt import ParsedPrompt
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class RegionState:
 
     def recorded_maps(self) -> tuple[torch.Tensor, int, tuple[int, int] | None] | None:
         """This step's summed anchor maps, how many layers they sum, and their size (None if no
-        anchor recorded): what a graph of the step hands back (model/graphs.py)."""
+        anchor recorded): what a graph of the step hands back (model/engine/graphs.py)."""
         return None if self._acc is None else (self._acc, self._acc_layers, self.anchor_hw)
 
     def adopt_maps(self, acc: torch.Tensor, layers: int, anchor_hw: tuple[int, int] | None) -> None:
@@ -180,7 +180,7 @@ class RegionState:
     def on(self, device: torch.device) -> torch.Tensor:
         """[n]: which references apply while the tagged ones are off (the global ones). A tensor,
         not a Python decision, so that a CUDA graph reads it from its input buffer and serves every
-        order of global and tagged references (model/graphs.py)."""
+        order of global and tagged references (model/engine/graphs.py)."""
         if self._on is None or self._on.device != device:
             # From factory calls: a tensor made from a Python list would be a copy from the host.
             factories = [torch.ones if b.kind == "global" else torch.zeros for b in self.bindings]

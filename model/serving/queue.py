@@ -20,9 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from model.request import Request
-from model.service import Generator, say
-from model.warmup import IdleWarmup, WarmupJob
+from model.contract.request import Request
+from model.serving.logs import say
+from model.serving.service import Generator
+from model.serving.warmup import IdleWarmup, WarmupJob
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,7 +45,7 @@ class GenerationQueue:
         self._turn: asyncio.Lock | None = None  # created in the server's event loop
         self.waiting = 0
         # Generations that capture the CUDA graphs of likely shapes while no prediction is in
-        # flight; a prediction's arrival stops them within one step (model/warmup.py).
+        # flight; a prediction's arrival stops them within one step (model/serving/warmup.py).
         self.warmup = IdleWarmup(
             generator.idle_warmup, self._warm, self._gpu, busy=lambda: self.in_flight > 0, report=say
         )

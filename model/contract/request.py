@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from model.cache import LRUCache
-from model.errors import InputError, show
-from model.images import check_source, decode_references, reference_field, source_of
-from model.prompt import ParsedPrompt, find_mentions, parse_prompt
-from model.tables import (
+from model.contract.cache import LRUCache
+from model.contract.errors import InputError, show
+from model.contract.images import check_source, decode_references, reference_field, source_of
+from model.contract.prompt import ParsedPrompt, find_mentions, parse_prompt
+from model.contract.tables import (
     ASPECT_RATIOS,
     MAX_PROMPT_CHARS,
     MAX_REFERENCES,

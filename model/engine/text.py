@@ -1,7 +1,7 @@
 """Stage 4a: the prompt's SDXL text embeddings (both encoders), cached by prompt text.
 
 Encoded once per request and shared by the base and refine passes; a repeated prompt skips both
-text encoders. A prompt longer than one 77-token window is read in several (model/tokens.py): the
+text encoders. A prompt longer than one 77-token window is read in several (model/engine/tokens.py): the
 windows go through each encoder as one batch and their hidden states are concatenated along the
 sequence; the pooled embedding is the first window's, which holds the start of the prompt.
 """
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from model.cache import LRUCache
-from model.tokens import window_ids
+from model.contract.cache import LRUCache
+from model.engine.tokens import window_ids
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 
-from model.cache import LRUCache
+from model.contract.cache import LRUCache
 
 
 @dataclass(frozen=True)

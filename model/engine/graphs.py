@@ -42,7 +42,7 @@ import torch
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-from model.regions import RegionState
+from model.engine.regions import RegionState
 
 log = logging.getLogger(__name__)
 

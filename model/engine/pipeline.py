@@ -33,7 +33,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig
 from transformers.utils import logging as transformers_logging
 
-from model.weights import (
+from model.engine.weights import (
     IMAGE_ENCODER_SUBFOLDER,
     IP_ADAPTER,
     IP_ADAPTER_SUBFOLDER,

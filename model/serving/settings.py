@@ -12,12 +12,12 @@ import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from model.tables import DEFAULT_ASPECT_RATIO, DEFAULT_RESOLUTION, parse_entries
-from model.weights import LIGHTNING_STEPS
+from model.contract.tables import DEFAULT_ASPECT_RATIO, DEFAULT_RESOLUTION, parse_entries
+from model.engine.weights import LIGHTNING_STEPS
 
 OUTPUT_FORMATS = ("png", "jpg", "webp")
 VAE_TILING_MODES = ("auto", "always", "never")
-DTYPE_NAMES = ("auto", "float16", "bfloat16", "float32")  # model.pipeline.DTYPES and auto
+DTYPE_NAMES = ("auto", "float16", "bfloat16", "float32")  # model.engine.pipeline.DTYPES and auto
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -58,17 +58,17 @@ class Settings:
     # torch.compile the UNet's and the VAE's ResNet and feed-forward blocks, and generate every
     # output size once at setup so that no request pays for compilation (a longer cold boot).
     compile: bool = False
-    # On CUDA, replay each denoising step's UNet call as a CUDA graph (model/graphs.py), captured
+    # On CUDA, replay each denoising step's UNet call as a CUDA graph (model/engine/graphs.py), captured
     # on a shape's first use: the step loop is bound by the host otherwise. Off with compile.
     cuda_graphs: bool = True
     # Once setup ends, while no prediction is in flight, generate these ratio-table entries with
-    # each layout of 0 to 3 references, mentioned or global or both (model/warmup.py), so that a
+    # each layout of 0 to 3 references, mentioned or global or both (model/serving/warmup.py), so that a
     # later request of that shape finds its CUDA graphs captured; a prediction that arrives stops
     # it at the next step. "auto": Replicate's default entry, on CUDA with CUDA graphs; "none"; or
     # e.g. "1080p 16:9,1080p 4:3".
     warmup: str = "auto"
     # While the server's worker imports torch and diffusers, read the weight files in a thread so
-    # that a cold start's load finds them in the page cache (model/prefetch.py).
+    # that a cold start's load finds them in the page cache (model/serving/prefetch.py).
     prefetch: bool = True
     # Where the queue publishes how many predictions are in flight (read by scripts/drain.py).
     queue_state_file: Path = Path(tempfile.gettempdir()) / "gen4-queue.json"

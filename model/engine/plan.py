@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.tables import OUTPUT_SIZES
+from model.contract.tables import OUTPUT_SIZES
 
 # Base size (width, height) for each aspect ratio: SDXL's training buckets where one is within
 # 4% of the ratio (1344x768, 1024x1024); otherwise the nearest multiple-of-32 size of about 1 MP

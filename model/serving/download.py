@@ -1,5 +1,5 @@
 """Fetch missing weights from the Hugging Face hub into the weights folder, each repository in its
-own layout (model/weights.py). Used by scripts/download_weights.py and, when enabled, at setup, so
+own layout (model/engine/weights.py). Used by scripts/download_weights.py and, when enabled, at setup, so
 that `docker run -v "$PWD/weights:/src/weights"` fills an empty volume once and reuses it after.
 
 A repository that the local Hugging Face cache already holds whole (a machine that has run these
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from model.weights import WeightsRepo, missing_repos, required_repos
+from model.engine.weights import WeightsRepo, missing_repos, required_repos
 
 Say = Callable[[str], None]
 

@@ -19,8 +19,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from model.prompt import ParsedPrompt
-from model.tables import MAX_PROMPT_WINDOWS
+from model.contract.prompt import ParsedPrompt
+from model.contract.tables import MAX_PROMPT_WINDOWS
 
 # How far back from a full window's end to look for a phrase break (AUTOMATIC1111's default).
 BREAK_LOOKBACK = 20

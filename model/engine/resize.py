@@ -18,7 +18,7 @@ import functools
 
 import torch
 
-from model.plan import cover_box
+from model.engine.plan import cover_box
 
 LANCZOS_SUPPORT = 3.0
 
@@ -45,7 +45,7 @@ def device_weights(size_in: int, size_out: int, first: int, count: int, device: 
 
 def cover_resize(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[n, c, h, w] pixels resized with Lanczos to cover `size` (w, h), then centre-cropped to it,
-    as model.generate.resample does with Pillow; computed in float32 on the pixels' device, only
+    as model.engine.generate.resample does with Pillow; computed in float32 on the pixels' device, only
     for the rows and columns the crop keeps, and clamped to [0, 1]."""
     height, width = pixels.shape[-2:]
     (resized_w, resized_h), (left, top, right, bottom) = cover_box((width, height), size)

@@ -2,7 +2,7 @@
 
 Base pass at about 1 MP with the target's aspect ratio, then the exact size: an img2img refine
 pass (upscaled base, same text, same references, same tag masks) when the target is larger, a
-Lanczos downscale when it is smaller. See model/plan.py.
+Lanczos downscale when it is smaller. See model/engine/plan.py.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDif
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-from model.pipeline import Runtime
-from model.plan import Plan, cover_box, refine_steps
-from model.references import Encoded
-from model.regions import Binding, RegionConfig, RegionState
-from model.resize import cover_resize
-from model.text import TextEmbeds
+from model.engine.pipeline import Runtime
+from model.engine.plan import Plan, cover_box, refine_steps
+from model.engine.references import Encoded
+from model.engine.regions import Binding, RegionConfig, RegionState
+from model.engine.resize import cover_resize
+from model.engine.text import TextEmbeds
 
 StepCallback = Callable[[int, int], None]
 

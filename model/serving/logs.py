@@ -1,4 +1,5 @@
-"""Drop the libraries' warnings that say nothing about this server, before they reach its log.
+"""What the server's logs show: each prediction's own lines (`say`), and none of the libraries'
+warnings that say nothing about this server.
 
 An operator reads the setup log (`docker logs`, Cog's JSON lines) to see whether the model loaded.
 Two library warnings there are noise for this project, each matched by its logger and its text:
@@ -9,12 +10,13 @@ before any module imports diffusers, because the first one is emitted at import 
 from __future__ import annotations
 
 import logging
+import sys
 
 # (logger name, text in the message) of each dropped record.
 VACUOUS_WARNINGS = (
     # transformers 5, once per image processor name imported without torchvision (diffusers imports
     # CLIPImageProcessor and SiglipImageProcessor): it advises installing torchvision. The project
-    # builds CLIPImageProcessorPil itself (model/pipeline.py), the backend its image has.
+    # builds CLIPImageProcessorPil itself (model/engine/pipeline.py), the backend its image has.
     ("transformers.utils.import_utils", "requires torchvision (not installed); falling back to"),
     # diffusers 0.42, on every cast of a model to a dtype, even when the list of modules to keep in
     # float32 is empty (its check is `[] is not None`). Loading IP-Adapter and making the refine
@@ -40,3 +42,10 @@ def drop_vacuous_warnings() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropMessage) and f.text == text for f in logger.filters):
             logger.addFilter(DropMessage(text))
+
+
+def say(line: str) -> None:
+    """One line of the prediction's logs. On stdout on purpose: Cog puts it in the prediction's
+    logs, where Replicate's model shows the same lines."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

@@ -1,7 +1,7 @@
 """Idle warm-up: a server's first request of a shape without its CUDA graph captures.
 
 A request's first use of a shape (size, reference count, number of subjects, whether any reference
-is global, phase) captures the UNet's CUDA graphs (model/graphs.py): on the H100 the server's first
+is global, phase) captures the UNet's CUDA graphs (model/engine/graphs.py): on the H100 the server's first
 1080p request after READY took 7.0 s, against 2.6 s after it. Capturing at setup would delay READY
 as much, for shapes that may never come. Instead, once setup ends and while no prediction is in
 flight, the server generates the entries of GEN4_WARMUP with each layout of 0 to 3 references
@@ -10,7 +10,7 @@ that arrives stops it at the next denoising step (a capture under way finishes f
 on the H100), and it goes on where it stopped when idle again.
 
 The jobs and their step count are planned here (pure: no torch); Generator.warm_up generates
-them; the queue (model/queue.py) says when the server is busy.
+them; the queue (model/serving/queue.py) says when the server is busy.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from model.plan import Plan, plan_for
-from model.tables import MAX_REFERENCES
+from model.contract.tables import MAX_REFERENCES
+from model.engine.plan import Plan, plan_for
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def warmup_jobs(entries: Iterable[tuple[str, str]], max_references: int = MAX_RE
     of which is mentioned (no tags, or tags the prompt does not name: global); then 2 or 3 with
     some subjects and the rest global. A graph tells neither a place from a subject nor one global
     reference's position from another's, only the number of subjects and whether any reference is
-    global (model/graphs.py): so these cover every request of the entry whose prompt fits CLIP's
+    global (model/engine/graphs.py): so these cover every request of the entry whose prompt fits CLIP's
     window of 77 tokens, its references in any order (places are global when no subject is named)."""
     plans = dict.fromkeys(plan_for(*entry) for entry in entries)
     counts = range(1, max_references + 1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import logging
 import secrets
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,31 +17,33 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from model.cache import LRUCache
-from model.download import download_missing
-from model.generate import Generation, GenerationInputs, Stopwatch, generate
-from model.graphs import UNetGraphs, install_unet_graphs
-from model.images import image_bytes
-from model.output import OutputWriter, make_masks_dir, write_mask_image
-from model.pipeline import MissingWeightsError, Runtime, compile_blocks, img2img_from, load_pipeline, pick_runtime
-from model.plan import PLANS, Plan, plan_for
-from model.prompt import parse_prompt
-from model.references import Encoded, ReferenceEncoder
-from model.regions import Binding, RegionConfig, bind_references, install_processors
-from model.request import Request, ValidRequest, validate_request
-from model.settings import Settings, settings_from_env
-from model.text import TextEmbeds, TextEncoder
-from model.tokens import layout, mention_positions
-from model.warmup import WarmupJob, warmup_jobs, warmup_steps
-from model.weights import missing_repos, weights_label
+from model.contract.cache import LRUCache
+from model.contract.images import image_bytes
+from model.contract.prompt import parse_prompt
+from model.contract.request import Request, ValidRequest, validate_request
+from model.engine.generate import Generation, GenerationInputs, Stopwatch, generate
+from model.engine.graphs import UNetGraphs, install_unet_graphs
+from model.engine.pipeline import (
+    MissingWeightsError,
+    Runtime,
+    compile_blocks,
+    img2img_from,
+    load_pipeline,
+    pick_runtime,
+)
+from model.engine.plan import PLANS, Plan, plan_for
+from model.engine.references import Encoded, ReferenceEncoder
+from model.engine.regions import Binding, RegionConfig, bind_references, install_processors
+from model.engine.text import TextEmbeds, TextEncoder
+from model.engine.tokens import layout, mention_positions
+from model.engine.weights import missing_repos, weights_label
+from model.serving.download import download_missing
+from model.serving.logs import say
+from model.serving.output import OutputWriter, make_masks_dir, write_mask_image
+from model.serving.settings import Settings, settings_from_env
+from model.serving.warmup import WarmupJob, warmup_jobs, warmup_steps
 
 log = logging.getLogger(__name__)
-
-
-def say(line: str) -> None:
-    """One line of the prediction's logs."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 StopCheck = Callable[[], bool]
@@ -120,7 +121,7 @@ class Generator:
         self.graphs: UNetGraphs | None = None
         if settings.cuda_graphs and not settings.compile and self.runtime.device.type == "cuda":
             self.graphs = install_unet_graphs(self.pipe.unet)
-        # Generated while the server is idle (model/warmup.py): after the graphs, which it fills.
+        # Generated while the server is idle (model/serving/warmup.py): after the graphs, which it fills.
         self.idle_warmup = warmup_jobs(settings.warmup_entries(graphs=self.graphs is not None))
         self.idle_warmup_steps = warmup_steps(settings.effective_steps, self.region_config.warmup_fraction)
         self.output = OutputWriter(settings.output_format)
