@@ -67,9 +67,10 @@ from model.contract.images import decode_reference, decode_references, image_byt
 from model.contract.prompt import parse_prompt  # noqa: E402
 from model.contract.request import Request  # noqa: E402
 from model.contract.tables import REFERENCE_DECODE_SIDE, parse_entries  # noqa: E402
+from model.engine.placement.binding import RegionConfig, bind_references  # noqa: E402
+from model.engine.placement.state import RegionState  # noqa: E402
 from model.engine.plan import plan_for  # noqa: E402
 from model.engine.references import ReferenceEncoder  # noqa: E402
-from model.engine.regions import RegionConfig, RegionState, bind_references  # noqa: E402
 from model.engine.tokens import mention_positions  # noqa: E402
 from model.engine.weights import missing_repos, weights_label  # noqa: E402
 from model.serving.png import PngEncoder  # noqa: E402

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0  # noqa: E402
 
-from model.engine import regions  # noqa: E402
 from model.engine.pipeline import SDXLPipeline, attention_modules  # noqa: E402
-from model.engine.regions import RegionState  # noqa: E402
+from model.engine.placement import processors as regions  # noqa: E402
+from model.engine.placement.state import RegionState  # noqa: E402
 from model.serving.service import Generator  # noqa: E402
 from model.serving.settings import settings_from_env  # noqa: E402
 from scripts.benchmark import emit_json, injection_runner, interleaved, quiet, run_facts  # noqa: E402

@@ -41,8 +41,8 @@ from model.engine.pipeline import (
     load_pipeline,
     processor_parameters,
 )
+from model.engine.placement.state import RegionState
 from model.engine.references import ReferenceEncoder
-from model.engine.regions import RegionState
 from model.engine.weights import (
     ALL_REPOS,
     IMAGE_ENCODER_SUBFOLDER,

@@ -11,16 +11,14 @@ from transformers import CLIPTokenizer
 
 from model.contract.prompt import parse_prompt
 from model.engine.pipeline import load_pipeline, pick_runtime
-from model.engine.regions import (
-    Binding,
+from model.engine.placement.binding import Binding, RegionConfig, bind_references
+from model.engine.placement.masks import masks_from_maps
+from model.engine.placement.processors import (
     RegionAwareFusedAttnProcessor2_0,
-    RegionConfig,
-    RegionState,
     TagRegionAttnProcessor,
-    bind_references,
     install_processors,
-    masks_from_maps,
 )
+from model.engine.placement.state import RegionState
 from model.engine.tokens import mention_positions, window_ids
 from model.engine.weights import SDXL_BASE
 from model.serving.service import Generator

@@ -20,8 +20,9 @@ from model.contract.prompt import parse_prompt
 from model.contract.request import Request
 from model.contract.tables import MAX_REFERENCES
 from model.engine.graphs import UNetGraphs, graph_key, install_unet_graphs, rerun
+from model.engine.placement.binding import Binding, RegionConfig, bind_references
+from model.engine.placement.state import RegionState
 from model.engine.plan import plan_for
-from model.engine.regions import Binding, RegionConfig, RegionState, bind_references
 from model.serving.queue import GenerationQueue
 from model.serving.service import Generator
 from model.serving.settings import Settings

@@ -19,10 +19,12 @@ from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDif
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
+from model.engine.options import VaeTiling
 from model.engine.pipeline import Runtime
+from model.engine.placement.binding import Binding, RegionConfig
+from model.engine.placement.state import RegionState
 from model.engine.plan import Plan, cover_box, refine_steps
 from model.engine.references import Encoded
-from model.engine.regions import Binding, RegionConfig, RegionState
 from model.engine.resize import cover_resize
 from model.engine.text import TextEmbeds
 
@@ -43,7 +45,7 @@ class GenerationInputs:
     guidance: float
     ip_adapter_scale: float
     refine_strength: float
-    vae_tiling: str  # "auto", "always" or "never"
+    vae_tiling: VaeTiling
 
     @property
     def total_steps(self) -> int:
@@ -90,7 +92,7 @@ def set_vae_tiling(vae: AutoencoderKL, on: bool) -> None:
 
 @torch.inference_mode()
 def decode(
-    vae: AutoencoderKL, processor: VaeImageProcessor, latents: torch.Tensor, tiling: str
+    vae: AutoencoderKL, processor: VaeImageProcessor, latents: torch.Tensor, tiling: VaeTiling
 ) -> tuple[Image.Image, bool]:
     """Latents to an image (see decode_pixels)."""
     pixels, tiled = decode_pixels(vae, latents, tiling)
@@ -98,7 +100,7 @@ def decode(
 
 
 @torch.inference_mode()
-def decode_pixels(vae: AutoencoderKL, latents: torch.Tensor, tiling: str) -> tuple[torch.Tensor, bool]:
+def decode_pixels(vae: AutoencoderKL, latents: torch.Tensor, tiling: VaeTiling) -> tuple[torch.Tensor, bool]:
     """Latents to the VAE's pixels in [-1, 1] on its device, in the VAE's own dtype: the fp16-fix
     VAE needs no fp32 upcast. With tiling "auto", a decode that runs out of memory is retried in
     tiles (2 MP on a small card)."""
@@ -110,13 +112,13 @@ def decode_pixels(vae: AutoencoderKL, latents: torch.Tensor, tiling: str) -> tup
     else:
         latents = latents / config.scaling_factor
     latents = latents.to(vae.dtype)
-    tiled = tiling == "always"
+    tiled = tiling == VaeTiling.ALWAYS
     try:
         set_vae_tiling(vae, tiled)
         try:
             pixels = vae.decode(latents, return_dict=False)[0]
         except torch.OutOfMemoryError:
-            if tiling != "auto":
+            if tiling != VaeTiling.AUTO:
                 raise
             if latents.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -124,7 +126,7 @@ def decode_pixels(vae: AutoencoderKL, latents: torch.Tensor, tiling: str) -> tup
             set_vae_tiling(vae, True)
             pixels = vae.decode(latents, return_dict=False)[0]
     finally:
-        set_vae_tiling(vae, tiling == "always")
+        set_vae_tiling(vae, tiling == VaeTiling.ALWAYS)
     return pixels, tiled
 
 
@@ -181,7 +183,7 @@ def generate(
     #    goes with the call: with no reference it only keeps each layer's text keys and values).
     has_references = inputs.references.positive.shape[0] > 0
     pipe.set_ip_adapter_scale(inputs.ip_adapter_scale if has_references else 0.0)
-    set_vae_tiling(pipe.vae, inputs.vae_tiling == "always")
+    set_vae_tiling(pipe.vae, inputs.vae_tiling == VaeTiling.ALWAYS)
     embeds = [inputs.references.ip_adapter_embeds(inputs.guidance > 1.0).to(runtime.device, runtime.dtype)]
     total = inputs.total_steps
     done = 0

@@ -42,7 +42,7 @@ import torch
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-from model.engine.regions import RegionState
+from model.engine.placement.state import RegionState
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +122,11 @@ def phase_region(region: RegionState, inputs: dict[str, torch.Tensor]) -> Callab
     """Fresh region states (no cache carried) in the phase `region` is in now, over a graph's
     input buffers."""
     return functools.partial(
-        PhaseRegion,
-        bindings=region.bindings,
-        config=region.config,
-        steps=region.steps,
-        latent_hw=region.latent_hw,
-        weights=inputs.get("weights"),
-        _token_mean=inputs.get("token_mean"),
-        _on=inputs.get("on"),
+        PhaseRegion.over_buffers,
+        region,
+        inputs.get("weights"),
+        inputs.get("token_mean"),
+        inputs.get("on"),
         fixed_records=region.records,
         fixed_tagged_off=region.tagged_off,
     )

@@ -33,6 +33,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig
 from transformers.utils import logging as transformers_logging
 
+from model.engine.options import DTYPE_NAMES
 from model.engine.weights import (
     IMAGE_ENCODER_SUBFOLDER,
     IP_ADAPTER,
@@ -61,7 +62,7 @@ class Runtime:
     dtype: torch.dtype
 
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def pick_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:

@@ -31,9 +31,10 @@ from model.engine.pipeline import (
     load_pipeline,
     pick_runtime,
 )
+from model.engine.placement.binding import Binding, Kind, RegionConfig, bind_references
+from model.engine.placement.processors import install_processors
 from model.engine.plan import PLANS, Plan, plan_for
 from model.engine.references import Encoded, ReferenceEncoder
-from model.engine.regions import Binding, RegionConfig, bind_references, install_processors
 from model.engine.text import TextEmbeds, TextEncoder
 from model.engine.tokens import layout, mention_positions
 from model.engine.weights import missing_repos, weights_label
@@ -237,7 +238,7 @@ class Generator:
             say("VAE decode ran out of memory whole; decoded in tiles instead")
         shares = generation.regions[-1].shares()
         for binding in bindings:
-            if binding.tag and binding.kind != "global" and binding.index in shares:
+            if binding.tag and binding.kind is not Kind.GLOBAL and binding.index in shares:
                 say(f"@{binding.tag} covers {shares[binding.index]:.0%} of the image ({binding.kind})")
         return generation
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from model.contract.tables import DEFAULT_ASPECT_RATIO, DEFAULT_RESOLUTION, parse_entries
+from model.engine.options import DTYPE_NAMES, VaeTiling
 from model.engine.weights import LIGHTNING_STEPS
 
 OUTPUT_FORMATS = ("png", "jpg", "webp")
-VAE_TILING_MODES = ("auto", "always", "never")
-DTYPE_NAMES = ("auto", "float16", "bfloat16", "float32")  # model.engine.pipeline.DTYPES and auto
+VAE_TILING_MODES = tuple(VaeTiling)
+DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -111,8 +112,8 @@ class Settings:
             raise ValueError(f"GEN4_REFINE_STRENGTH must be in (0, 1], got {self.refine_strength}")
         if self.vae_tiling not in VAE_TILING_MODES:
             raise ValueError(f"GEN4_VAE_TILING must be one of {', '.join(VAE_TILING_MODES)}, got {self.vae_tiling!r}")
-        if self.dtype not in DTYPE_NAMES:
-            raise ValueError(f"GEN4_DTYPE must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"GEN4_DTYPE must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
         if self.reference_cache_size < 1:
             raise ValueError(f"GEN4_REFERENCE_CACHE_SIZE must be at least 1, got {self.reference_cache_size}")
         if self.warmup not in ("auto", "none"):
