@@ -20,15 +20,15 @@ from model.contract.tables import (  # noqa: E402
     DEFAULT_RESOLUTION,
     RESOLUTIONS,
 )
-from model.serving.queue import GenerationQueue  # noqa: E402
-from model.serving.service import Generator  # noqa: E402
+from model.serving.queue import PredictionQueue  # noqa: E402
+from model.serving.setup import service_from_env  # noqa: E402
 
 
 class Predictor(BaseRunner):
     def setup(self) -> None:
         """Load the model from WEIGHTS_DIR (default weights/); settings come from GEN4_* variables."""
-        generator = Generator.from_env()
-        self.queue = GenerationQueue(generator, generator.settings.queue_state_file)
+        service = service_from_env()
+        self.queue = PredictionQueue(service, service.settings.queue_state_file)
 
     async def run(
         self,

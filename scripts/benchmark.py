@@ -19,7 +19,7 @@ compile: each against the default in the same run, and what compiling adds to se
 (GEN4_COMPILE compiles and warms every size there). On CUDA, the eager step loop against the
 default's CUDA graphs (GEN4_CUDA_GRAPHS), with the graphs captured and their capture time.
 Server: the same request end to end through the real Cog server; its overhead is, per
-prediction, the end-to-end time minus the Generator's own time in the worker (coglet's log
+prediction, the end-to-end time minus the ImageService's own time in the worker (coglet's log
 timestamps), so that generation noise cancels. On CUDA (or with --server-warmed), a server with
 the idle warm-up of that request's entry (GEN4_WARMUP): the warm-up's time after READY, then the
 first request once it has ended, against the first request of the server without it.
@@ -74,8 +74,9 @@ from model.engine.references import ReferenceEncoder  # noqa: E402
 from model.engine.tokens import mention_positions  # noqa: E402
 from model.engine.weights import missing_repos, weights_label  # noqa: E402
 from model.serving.png import PngEncoder  # noqa: E402
-from model.serving.service import Generator  # noqa: E402
+from model.serving.service import ImageService  # noqa: E402
 from model.serving.settings import settings_from_env  # noqa: E402
+from model.serving.setup import build_service  # noqa: E402
 from scripts.serve import CogServer, UploadReceiver  # noqa: E402
 
 log = logging.getLogger("benchmark")
@@ -126,24 +127,24 @@ def request_for(entry: tuple[str, str], references: list[Path]) -> Request:
     )
 
 
-def bench_sizes(generator: Generator, entries: list[tuple[str, str]], refs: list[Path], runs: int) -> list[dict]:
+def bench_sizes(service: ImageService, entries: list[tuple[str, str]], refs: list[Path], runs: int) -> list[dict]:
     """Warm latency, steps/s and stages per entry, with 0 and with 3 references."""
     rows = []
-    cuda = generator.runtime.device.type == "cuda"
+    cuda = service.runtime.device.type == "cuda"
     for entry in entries:
         for references in ([], refs):
             request = request_for(entry, references)
             with quiet():
-                generator.predict(request)  # warm-up: allocator, caches
+                service.predict(request)  # warm-up: allocator, caches
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             latencies, stages = [], []
             for _ in range(runs):
-                latencies.append(time_call(lambda request=request: quiet_predict(generator, request)))
-                stages.append(dict(generator.last_timings))
+                latencies.append(time_call(lambda request=request: quiet_predict(service, request)))
+                stages.append(dict(service.last_timings))
             median = {k: statistics.median(s.get(k, 0.0) for s in stages) for k in stages[0]}
             plan = plan_for(*entry)
-            settings = generator.settings
+            settings = service.settings
             denoise_s = median.get("base denoise", 0) + median.get("refine", 0)
             steps = plan.total_steps(settings.effective_steps, settings.refine_strength)
             rows.append(
@@ -163,18 +164,18 @@ def bench_sizes(generator: Generator, entries: list[tuple[str, str]], refs: list
     return rows
 
 
-def quiet_predict(generator: Generator, request: Request) -> None:
+def quiet_predict(service: ImageService, request: Request) -> None:
     with quiet():
-        generator.predict(request)
+        service.predict(request)
 
 
-def bench_reference_cache(generator: Generator, runs: int) -> dict:
+def bench_reference_cache(service: ImageService, runs: int) -> dict:
     """Encoding 3 references never seen before against the same 3 from the cache."""
     cold, cached = [], []
     for k in range(runs):
         images = [Image.new("RGB", (512, 512), (k * 7 % 256, 40 * i, 90)) for i in range(3)]
-        cold.append(time_call(lambda images=images: generator.encoder.encode(images)))
-        cached.append(time_call(lambda images=images: generator.encoder.encode(images)))
+        cold.append(time_call(lambda images=images: service.encoder.encode(images)))
+        cached.append(time_call(lambda images=images: service.encoder.encode(images)))
     return {
         "cold_s": round(statistics.median(cold), 5),
         "cached_s": round(statistics.median(cached), 5),
@@ -182,7 +183,7 @@ def bench_reference_cache(generator: Generator, runs: int) -> dict:
     }
 
 
-# The first and the last line that Generator.run writes to a prediction's logs (model/serving/service.py).
+# The first and the last line that ImageService.run writes to a prediction's logs (model/serving/service.py).
 GENERATOR_FIRST_LINE = "Using seed:"
 GENERATOR_LAST_LINE = "Generated image in"
 # predict.py's Predictor with the model taken out (bench_server's floor).
@@ -190,7 +191,7 @@ FLOOR_PREDICTOR = "scripts/floor_predictor.py:FloorPredictor"
 
 
 def generator_seconds(server_log: str) -> dict[str, float]:
-    """Seconds from the Generator's first log line to its last, per prediction id, by coglet's own
+    """Seconds from the ImageService's first log line to its last, per prediction id, by coglet's own
     timestamps in its JSON log: the model's part of each served prediction."""
     first: dict[str, float] = {}
     seconds: dict[str, float] = {}
@@ -254,7 +255,7 @@ def server_env(steps: int, folder: Path, warmup: str) -> dict[str, str]:
 
 
 def bench_server(
-    generator: Generator,
+    service: ImageService,
     weights: Path,
     steps: int,
     entry: tuple[str, str],
@@ -264,7 +265,7 @@ def bench_server(
 ) -> dict:
     """The same request end to end through the real Cog server and in this process, interleaved
     (after a warm-up of each). The overhead is taken per prediction: its end-to-end time minus the
-    Generator's own time inside the worker (from coglet's log timestamps), so that the run-to-run
+    ImageService's own time inside the worker (from coglet's log timestamps), so that the run-to-run
     spread of the generation itself (seconds on a host-bound GPU) does not hide a few milliseconds.
     The difference of the medians, served minus in process, is kept for comparison. End to end
     runs from sending the request to holding the whole response (requests reads the body before
@@ -288,8 +289,8 @@ def bench_server(
         # The floors' outputs: the bytes the real server returns for this request (same seed),
         # and a photo-like image of its size through the same writer.
         with quiet():
-            made = generator.predict(request)
-        photo = generator.output.write(photo_like(*plan_for(*entry).target), seed=0)
+            made = service.predict(request)
+        photo = service.output.write(photo_like(*plan_for(*entry).target), seed=0)
         floor_files = {}
         for name, source in (("floor", made), ("floor_photo_like", photo)):
             floor_files[name] = Path(folder) / name / source.name
@@ -329,7 +330,7 @@ def bench_server(
                     for s in interleaved(
                         runs,
                         lambda: served(servers[0], served_runs),
-                        lambda: quiet_predict(generator, request),
+                        lambda: quiet_predict(service, request),
                         lambda: served(servers[1], floors["floor"]),
                         lambda: served(servers[2], floors["floor_photo_like"]),
                     )
@@ -345,7 +346,7 @@ def bench_server(
     measured, floor = served_runs[1:], floors["floor"][1:]  # without the warm-ups
     missing = [pid for pid, *_ in measured if pid not in model_s]
     if missing:
-        raise RuntimeError(f"the server log has no Generator lines for predictions {missing}")
+        raise RuntimeError(f"the server log has no ImageService lines for predictions {missing}")
     overhead_s = round(statistics.median(e2e - model_s[pid] for pid, e2e, *_ in measured), 4)
     return {
         "entry": f"{entry[0]} {entry[1]}",
@@ -361,12 +362,12 @@ def bench_server(
         "end_to_end_s": served_s,
         "in_process_s": local_s,
         "served_minus_in_process_s": round(served_s - local_s, 4),
-        # Per prediction, then the median: everything but the Generator (HTTP, coglet, inputs
+        # Per prediction, then the median: everything but the ImageService (HTTP, coglet, inputs
         # decoded and validated, the queue's thread hops, the output encoded as a data URI) ...
         "server_overhead_s": overhead_s,
         # ... of which HTTP and coglet around the worker's predict() ...
         "http_and_coglet_s": round(statistics.median(e2e - predict for _, e2e, predict, _ in measured), 4),
-        # ... and the worker's predict() around the Generator.
+        # ... and the worker's predict() around the ImageService.
         "worker_outside_generator_s": round(
             statistics.median(predict - model_s[pid] for pid, _, predict, _ in measured), 4
         ),
@@ -396,7 +397,7 @@ def interleaved(runs: int, *calls: Callable[[], object]) -> list[float]:
 
 
 def bench_variant(
-    generator: Generator,
+    service: ImageService,
     variant: str,
     entry: tuple[str, str],
     refs: list[Path],
@@ -408,11 +409,11 @@ def bench_variant(
     to setup (compile: compiling and warming every size). speedup = default / variant."""
     started = time.perf_counter()
     with quiet():
-        other = Generator(replace(generator.settings, **(changes or {variant: True})))
+        other = build_service(replace(service.settings, **(changes or {variant: True})))
     setup_s = time.perf_counter() - started
     request = request_for(entry, refs)
     default_s, variant_s = interleaved(
-        runs, lambda: quiet_predict(generator, request), lambda: quiet_predict(other, request)
+        runs, lambda: quiet_predict(service, request), lambda: quiet_predict(other, request)
     )
     result = {
         "entry": f"{entry[0]} {entry[1]}",
@@ -425,7 +426,7 @@ def bench_variant(
     }
     if other.compile_s is not None:
         result["compile_and_warm_up_s"] = round(other.compile_s, 2)
-    for name, gen in (("default", generator), (variant, other)):
+    for name, gen in (("default", service), (variant, other)):
         if gen.graphs is not None:  # CUDA graphs: how many this run captured, and what that cost
             result[f"{name}_graphs_captured"] = gen.graphs.captures
             result[f"{name}_graph_capture_s"] = round(gen.graphs.capture_s, 2)
@@ -446,7 +447,7 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def bench_reference_decode(generator: Generator, runs: int) -> dict:
+def bench_reference_decode(service: ImageService, runs: int) -> dict:
     """Three 12 MP phone photos (4032x3024 JPEGs, EXIF-rotated) from file to the image encoder's
     features, as a request takes them (decode, pixel hash, preprocessing, encoding): decoded in full
     against decoded reduced to the encoder's need (`decode_reference`'s `side`), interleaved; cold
@@ -454,7 +455,7 @@ def bench_reference_decode(generator: Generator, runs: int) -> dict:
     the cache, the three decoded at once (as requests do) against one after the other; and the
     same three files sent again, found by their bytes in the decoded-image cache (only the files'
     hash left) against decoded again."""
-    pipe = generator.pipe
+    pipe = service.pipe
     identity = "benchmark"
     cold = ReferenceEncoder(pipe.image_encoder, pipe.feature_extractor, identity, capacity=8)
     cached = ReferenceEncoder(pipe.image_encoder, pipe.feature_extractor, identity, capacity=8)
@@ -571,16 +572,16 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def injection_runner(generator: Generator, steps: int, width: int, height: int) -> Callable[..., RegionState]:
+def injection_runner(service: ImageService, steps: int, width: int, height: int) -> Callable[..., RegionState]:
     """`run(localized, on_step=None)`: one denoising (latents only) with 3 references, as diffusers'
     plain multi-image IP-Adapter or with this project's per-tag region masks; returns the run's
     region state (left unused by a plain run)."""
-    pipe, runtime = generator.pipe, generator.runtime
+    pipe, runtime = service.pipe, service.runtime
     images = [Image.new("RGB", (512, 512), c) for c in ("green", "pink", "navy")]
-    embeds = generator.encoder.encode(images).ip_adapter_embeds(guidance=True).to(runtime.device, runtime.dtype)
+    embeds = service.encoder.encode(images).ip_adapter_embeds(guidance=True).to(runtime.device, runtime.dtype)
     parsed = parse_prompt(PROMPT)
     bindings = bind_references(list(TAGS), parsed, mention_positions(parsed, pipe.tokenizer))
-    pipe.set_ip_adapter_scale(generator.settings.ip_adapter_scale)
+    pipe.set_ip_adapter_scale(service.settings.ip_adapter_scale)
     scale = pipe.vae_scale_factor
 
     def run(localized: bool, on_step: Callable[[], None] | None = None) -> RegionState:
@@ -598,7 +599,7 @@ def injection_runner(generator: Generator, steps: int, width: int, height: int) 
             width=width,
             height=height,
             num_inference_steps=steps,
-            guidance_scale=generator.settings.effective_guidance,
+            guidance_scale=service.settings.effective_guidance,
             ip_adapter_image_embeds=[embeds],
             generator=torch.Generator(device=runtime.device).manual_seed(1),
             cross_attention_kwargs={"region": region} if localized else None,
@@ -625,10 +626,10 @@ def count_injection_ops(run: Callable[..., RegionState]) -> dict:
     return result
 
 
-def bench_injection(generator: Generator, steps: int, runs: int, width: int, height: int) -> dict:
+def bench_injection(service: ImageService, steps: int, runs: int, width: int, height: int) -> dict:
     """Plain multi-image IP-Adapter vs tag-localized, denoising only, interleaved; and the ops
     each dispatches (counted once, outside the timing)."""
-    run = injection_runner(generator, steps, width, height)
+    run = injection_runner(service, steps, width, height)
     plain, localized = interleaved(runs, lambda: run(False), lambda: run(True))
     counts = count_injection_ops(run)
     return {
@@ -748,19 +749,19 @@ def build_random_weights(size: str) -> Path:
     return weights
 
 
-def run_facts(generator: Generator) -> dict:
+def run_facts(service: ImageService) -> dict:
     """What a result needs to be read: date, device, weights, versions, dtype and settings."""
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": device_name(),
-        "weights": weights_label(generator.settings.weights_dir),
+        "weights": weights_label(service.settings.weights_dir),
         "versions": {
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
             "python": platform.python_version(),
         },
-        "dtype": str(generator.runtime.dtype).removeprefix("torch."),
-        "settings": {k: str(v) for k, v in asdict(generator.settings).items() if k not in PATH_SETTINGS},
+        "dtype": str(service.runtime.dtype).removeprefix("torch."),
+        "settings": {k: str(v) for k, v in asdict(service.settings).items() if k not in PATH_SETTINGS},
     }
 
 
@@ -815,9 +816,9 @@ def main() -> None:
         # The server's own settings (GEN4_* variables), with this run's weights and steps; turbo
         # and compile are measured against this default below.
         settings = replace(settings_from_env(), weights_dir=weights, steps=args.steps, turbo=False, compile=False)
-        generator = Generator(settings)
+        service = build_service(settings)
     setup_s = time.perf_counter() - started
-    stem = f"benchmark-{weights_label(weights).split()[0]}-{generator.runtime.device.type}"
+    stem = f"benchmark-{weights_label(weights).split()[0]}-{service.runtime.device.type}"
     args.out.mkdir(parents=True, exist_ok=True)
 
     def save(result: dict, complete: bool) -> None:
@@ -829,38 +830,38 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         refs = reference_files(Path(folder))
-        result = {**run_facts(generator), "steps": args.steps, "runs": args.runs, "setup_s": round(setup_s, 2)}
+        result = {**run_facts(service), "steps": args.steps, "runs": args.runs, "setup_s": round(setup_s, 2)}
         # The parts that compare two timings (cached or not, a variant or the default) take at least 3 runs;
         # --fast's server parts take one each way (a smoke run: two servers at 1080p are most of its time).
         variant_runs = max(3, args.runs)
         server_runs = args.runs if args.fast else variant_runs
         parts: list[tuple[str, Callable[[], object]]] = [
-            ("sizes", lambda: [] if args.no_sizes else bench_sizes(generator, entries, refs, args.runs)),
-            ("reference_cache", lambda: bench_reference_cache(generator, variant_runs)),
+            ("sizes", lambda: [] if args.no_sizes else bench_sizes(service, entries, refs, args.runs)),
+            ("reference_cache", lambda: bench_reference_cache(service, variant_runs)),
             ("png", lambda: bench_png(entries[-1], max(7, args.runs))),
         ]
         if not args.no_reference_decode:
-            parts.append(("reference_decode", lambda: bench_reference_decode(generator, args.runs)))
+            parts.append(("reference_decode", lambda: bench_reference_decode(service, args.runs)))
         if not args.no_turbo and not missing_repos(weights, turbo=True):
-            parts.append(("turbo", lambda: bench_variant(generator, "turbo", entries[-1], refs, variant_runs)))
+            parts.append(("turbo", lambda: bench_variant(service, "turbo", entries[-1], refs, variant_runs)))
         if not args.no_compile:
-            parts.append(("compile", lambda: bench_variant(generator, "compile", entries[-1], refs, variant_runs)))
-        if generator.graphs is not None and not args.no_graphs:
+            parts.append(("compile", lambda: bench_variant(service, "compile", entries[-1], refs, variant_runs)))
+        if service.graphs is not None and not args.no_graphs:
             off = {"cuda_graphs": False}
             parts.append(
-                ("cuda_graphs", lambda: bench_variant(generator, "eager", entries[-1], refs, variant_runs, off))
+                ("cuda_graphs", lambda: bench_variant(service, "eager", entries[-1], refs, variant_runs, off))
             )
         if not args.no_server:
             parts.append(
-                ("server", lambda: bench_server(generator, weights, args.steps, entries[-1], refs, server_runs))
+                ("server", lambda: bench_server(service, weights, args.steps, entries[-1], refs, server_runs))
             )
             parts.append(
                 (
                     "server_upload",
-                    lambda: bench_server(generator, weights, args.steps, entries[-1], refs, server_runs, upload=True),
+                    lambda: bench_server(service, weights, args.steps, entries[-1], refs, server_runs, upload=True),
                 )
             )
-            if generator.graphs is not None or args.server_warmed:  # what it saves is graph captures
+            if service.graphs is not None or args.server_warmed:  # what it saves is graph captures
                 parts.append(("server_warmed", lambda: bench_server_warmed(weights, args.steps, entries[-1], refs)))
         # Last, as the longest part (--injection-runs): a run cut short loses it first.
         if not args.no_injection:
@@ -868,7 +869,7 @@ def main() -> None:
             if args.injection_size:
                 width, height = (int(v) for v in args.injection_size.lower().split("x"))
             runs = args.injection_runs or variant_runs
-            parts.append(("injection", lambda: bench_injection(generator, args.steps, runs, width, height)))
+            parts.append(("injection", lambda: bench_injection(service, args.steps, runs, width, height)))
         for key, measure in parts:
             result[key] = measure()
             save(result, complete=False)

@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.serving.service import Generator  # noqa: E402
 from model.serving.settings import settings_from_env  # noqa: E402
+from model.serving.setup import build_service  # noqa: E402
 from scripts.benchmark import count_injection_ops, emit_json, injection_runner, quiet, run_facts  # noqa: E402
 
 
@@ -29,9 +29,9 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     with quiet():
-        generator = Generator(replace(settings_from_env(), weights_dir=args.weights_dir, steps=args.steps))
-    result = {**run_facts(generator), "size": args.size, "steps": args.steps}
-    result |= count_injection_ops(injection_runner(generator, args.steps, width, height))
+        service = build_service(replace(settings_from_env(), weights_dir=args.weights_dir, steps=args.steps))
+    result = {**run_facts(service), "size": args.size, "steps": args.steps}
+    result |= count_injection_ops(injection_runner(service, args.steps, width, height))
     emit_json(result, args.out)
 
 

@@ -19,7 +19,7 @@ from predict import Predictor
 
 
 class CopyQueue:
-    """Stands in for model/serving/queue.py's GenerationQueue: no validation, no queue, no model."""
+    """Stands in for model/serving/queue.py's PredictionQueue: no validation, no queue, no model."""
 
     def __init__(self, source: Path) -> None:
         self.source = source

@@ -6,7 +6,7 @@
 coglet reads the input schema only from .cog/openapi_schema.json, which `cog build` writes. The
 cog CLI is not available everywhere, so this script builds the same document: cog's own inspector
 (`cog._inspector.create_predictor`, the code the server uses to read predict.py) gives the inputs,
-and the layout follows cog's OpenAPI generator (coglet's `generate_openapi_schema`): an Input
+and the layout follows cog's OpenAPI service (coglet's `generate_openapi_schema`): an Input
 component with x-order, choices as an enum component referenced through allOf, `nullable` for
 Optional, and the fixed prediction envelope.
 """

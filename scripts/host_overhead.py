@@ -36,8 +36,9 @@ from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_
 from model.engine.pipeline import SDXLPipeline, attention_modules  # noqa: E402
 from model.engine.placement import processors as regions  # noqa: E402
 from model.engine.placement.state import RegionState  # noqa: E402
-from model.serving.service import Generator  # noqa: E402
+from model.serving.service import ImageService  # noqa: E402
 from model.serving.settings import settings_from_env  # noqa: E402
+from model.serving.setup import build_service  # noqa: E402
 from scripts.benchmark import emit_json, injection_runner, interleaved, quiet, run_facts  # noqa: E402
 from scripts.make_random_weights import SKELETON, build  # noqa: E402
 
@@ -106,7 +107,7 @@ def attention_with_identity_steps() -> Iterator[None]:
 
 
 # This project's host savings, each with what switches it off (diffusers' behaviour) for a run.
-SAVINGS: dict[str, Callable[[Generator], contextlib.AbstractContextManager]] = {
+SAVINGS: dict[str, Callable[[ImageService], contextlib.AbstractContextManager]] = {
     "signature_once": lambda g: diffusers_attention_forward(g.pipe.unet, g.pipe.vae),
     "text_kv_once": lambda g: text_projected_every_step(),
     "pinned_device": lambda g: device_looked_up(g.pipe),
@@ -114,17 +115,17 @@ SAVINGS: dict[str, Callable[[Generator], contextlib.AbstractContextManager]] = {
 }
 
 
-def measure(generator: Generator, steps: int, runs: int, width: int, height: int) -> dict:
+def measure(service: ImageService, steps: int, runs: int, width: int, height: int) -> dict:
     """Seconds per step, interleaved: plain and tag-localized, each with every saving on, with each
     one off in turn, and with all off (diffusers' behaviour); and their ratios."""
-    run = injection_runner(generator, steps, width, height)
+    run = injection_runner(service, steps, width, height)
     setups = {"this_project": (), **{f"without_{name}": (name,) for name in SAVINGS}, "diffusers": tuple(SAVINGS)}
 
     def variant(localized: bool, off: tuple[str, ...]) -> Callable[[], object]:
         def call() -> object:
             with contextlib.ExitStack() as stack:
                 for name in off:
-                    stack.enter_context(SAVINGS[name](generator))
+                    stack.enter_context(SAVINGS[name](service))
                 return run(localized)
 
         return call
@@ -173,15 +174,15 @@ def main() -> None:
             with quiet():
                 build(weights, SKELETON)
         with quiet():
-            generator = Generator(replace(settings_from_env(), weights_dir=weights, steps=args.steps, device="cpu"))
+            service = build_service(replace(settings_from_env(), weights_dir=weights, steps=args.steps, device="cpu"))
         result = {
-            **run_facts(generator),
+            **run_facts(service),
             "arch": "skeleton" if args.weights_dir is None else str(args.weights_dir),
             "size": args.size,
             "steps": args.steps,
             "runs": args.runs,
             "threads": args.threads,
-            **measure(generator, args.steps, args.runs, width, height),
+            **measure(service, args.steps, args.runs, width, height),
         }
     emit_json(result, args.out)
 

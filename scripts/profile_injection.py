@@ -20,8 +20,8 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from model.engine.weights import missing_repos  # noqa: E402
-from model.serving.service import Generator  # noqa: E402
 from model.serving.settings import Settings  # noqa: E402
+from model.serving.setup import build_service  # noqa: E402
 from scripts.benchmark import build_random_weights, injection_runner  # noqa: E402
 
 
@@ -36,11 +36,11 @@ def main() -> None:
         weights = build_random_weights("full")
     width, height = (int(v) for v in args.size.lower().split("x"))
     # Eager: the ops each step dispatches (a CUDA graph replays the same kernels in one launch).
-    generator = Generator(Settings(weights_dir=weights, steps=args.steps, cuda_graphs=False))
-    cuda = generator.runtime.device.type == "cuda"
+    service = build_service(Settings(weights_dir=weights, steps=args.steps, cuda_graphs=False))
+    cuda = service.runtime.device.type == "cuda"
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     sort = "cuda_time_total" if cuda else "self_cpu_time_total"
-    run = injection_runner(generator, args.steps, width, height)
+    run = injection_runner(service, args.steps, width, height)
     for localized in (False, True):
         run(localized)  # warm-up
         if cuda:

@@ -21,9 +21,9 @@ from predict import Predictor
 class FaultyPredictor(Predictor):
     def setup(self) -> None:
         super().setup()
-        generator = self.queue.generator
+        service = self.queue.service
         armed = {"oom": False}
-        validate, forward, release = generator.validate, generator.pipe.unet.forward, generator.release_memory
+        validate, forward, release = service.validate, service.pipe.unet.forward, service.release_memory
 
         def validate_and_arm(request: Request):
             armed["oom"] = "inject-oom" in request.prompt
@@ -42,6 +42,6 @@ class FaultyPredictor(Predictor):
                 with open(os.environ["FAULT_LOG"], "a") as f:
                     f.write(f"release_memory {time.time()}\n")
 
-        generator.validate = validate_and_arm
-        generator.pipe.unet.forward = unet_forward
-        generator.release_memory = release_and_say
+        service.validate = validate_and_arm
+        service.pipe.unet.forward = unet_forward
+        service.release_memory = release_and_say

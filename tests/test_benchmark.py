@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def fast_run(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One CI-sized benchmark run (sizes, caches, PNG, reference decoding and the server), which
-    the tests below read: the generator is set up once for all of it."""
+    the tests below read: the service is set up once for all of it."""
     out = tmp_path_factory.mktemp("benchmark")
     command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--fast"]
     command += ["--no-injection", "--no-turbo", "--no-compile"]
@@ -119,7 +119,7 @@ def test_host_overhead_builds_the_skeleton_and_switches_each_saving_off(tmp_path
 def test_server_overhead_is_taken_per_prediction_from_the_servers_log(fast_run: Path, part: str, output: str) -> None:
     """The real server on tiny weights, its output returned as a data URI or uploaded to a
     receiver on 127.0.0.1: every measured prediction is found in coglet's log, and the overhead's
-    parts add up (end to end = HTTP and coglet + worker around the Generator + the Generator, per
+    parts add up (end to end = HTTP and coglet + worker around the ImageService + the ImageService, per
     prediction, so the medians agree to within rounding of the spread); the floor server answers
     the same request."""
     server = json.loads((fast_run / "benchmark-tiny-cpu.json").read_text())[part]

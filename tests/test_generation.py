@@ -54,15 +54,16 @@ from model.engine.weights import (
     SDXL_LIGHTNING,
     SDXL_VAE_FP16_FIX,
 )
-from model.serving.service import Generator
+from model.serving.service import ImageService
 from model.serving.settings import Settings
+from model.serving.setup import build_service
 from scripts.host_overhead import device_looked_up, text_projected_every_step
 from tests.conftest import png_bytes, small_plans
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_weights: Path) -> Generator:
-    return Generator(Settings(weights_dir=tiny_weights, steps=1, device="cpu"))
+def service(tiny_weights: Path) -> ImageService:
+    return build_service(Settings(weights_dir=tiny_weights, steps=1, device="cpu"))
 
 
 def reference(tmp_path: Path, color: str, size: tuple[int, int] = (256, 256)) -> Path:
@@ -91,14 +92,14 @@ def small() -> Iterator[None]:
 
 
 @pytest.mark.parametrize(("resolution", "aspect_ratio"), [(r, a) for r, table in OUTPUT_SIZES.items() for a in table])
-def test_every_table_entry_has_its_exact_size(generator: Generator, resolution: str, aspect_ratio: str) -> None:
-    out = generator.predict(Request(prompt="a lighthouse", resolution=resolution, aspect_ratio=aspect_ratio, seed=1))
+def test_every_table_entry_has_its_exact_size(service: ImageService, resolution: str, aspect_ratio: str) -> None:
+    out = service.predict(Request(prompt="a lighthouse", resolution=resolution, aspect_ratio=aspect_ratio, seed=1))
     with Image.open(out) as image:
         assert image.format == "PNG"
         assert image.size == OUTPUT_SIZES[resolution][aspect_ratio]
 
 
-def test_same_seed_same_bytes_other_seed_other_image(generator: Generator, tmp_path: Path) -> None:
+def test_same_seed_same_bytes_other_seed_other_image(service: ImageService, tmp_path: Path) -> None:
     refs = [reference(tmp_path, "green"), reference(tmp_path, "pink", (200, 300))]
     request = Request(
         prompt="@woman in @park",
@@ -108,46 +109,46 @@ def test_same_seed_same_bytes_other_seed_other_image(generator: Generator, tmp_p
         reference_images=refs,
         seed=1020561550,
     )
-    first = digest(generator.predict(request))
-    assert digest(generator.predict(request)) == first
+    first = digest(service.predict(request))
+    assert digest(service.predict(request)) == first
     other = Request(**{**request.__dict__, "seed": 1020561551})
-    assert digest(generator.predict(other)) != first
+    assert digest(service.predict(other)) != first
 
 
-def test_references_are_decoded_at_three_times_what_the_image_encoder_reads(generator: Generator) -> None:
+def test_references_are_decoded_at_three_times_what_the_image_encoder_reads(service: ImageService) -> None:
     """model/contract/images.py reduces references to REFERENCE_DECODE_SIDE: 3x the loaded encoder's input,
     as its preprocessor resizes and crops. That is diffusers' IP-Adapter preprocessing, on the PIL
     backend that the project's image (no torchvision) has, whatever this machine has installed."""
-    processor = generator.pipe.feature_extractor
+    processor = service.pipe.feature_extractor
     assert type(processor) is CLIPImageProcessorPil
     side = max(processor.size["shortest_edge"], processor.crop_size["height"], processor.crop_size["width"])
-    assert side == generator.pipe.image_encoder.config.image_size == 224
+    assert side == service.pipe.image_encoder.config.image_size == 224
     assert 3 * side == REFERENCE_DECODE_SIDE
 
 
 def test_repeated_reference_skips_the_image_encoder(
-    generator: Generator, tmp_path: Path, capsys: pytest.CaptureFixture
+    service: ImageService, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     refs = [reference(tmp_path, "navy"), reference(tmp_path, "olive")]
     request = Request(
         prompt="@man", resolution="720p", aspect_ratio="1:1", reference_tags=["man"], reference_images=refs, seed=3
     )
-    generator.predict(request)
-    calls = generator.encoder.encoder_calls
+    service.predict(request)
+    calls = service.encoder.encoder_calls
     assert "0 cached, 2 encoded" in capsys.readouterr().out
     # The same pixels from another file are the same reference.
     copy = tmp_path / "copy.png"
     copy.write_bytes(refs[0].read_bytes())
-    generator.predict(Request(**{**request.__dict__, "reference_images": [copy, refs[1]]}))
-    assert generator.encoder.encoder_calls == calls
+    service.predict(Request(**{**request.__dict__, "reference_images": [copy, refs[1]]}))
+    assert service.encoder.encoder_calls == calls
     assert "2 cached, 0 encoded" in capsys.readouterr().out
 
 
-def test_a_reference_encodes_the_same_whichever_others_were_cached(generator: Generator) -> None:
+def test_a_reference_encodes_the_same_whichever_others_were_cached(service: ImageService) -> None:
     """A seed makes the same image whatever the cache held: a reference's features do not depend
     on which other references of its request were new (batched, they differed in the last bits)."""
     images = [Image.new("RGB", (128, 96), colour) for colour in ("green", "pink", "navy")]
-    pipe = generator.pipe
+    pipe = service.pipe
     fresh, used = (ReferenceEncoder(pipe.image_encoder, pipe.feature_extractor, "tiny", capacity=8) for _ in "ab")
     alone = [fresh.encode([image]).positive[0] for image in images]
     used.encode(images[:1])
@@ -157,7 +158,7 @@ def test_a_reference_encodes_the_same_whichever_others_were_cached(generator: Ge
 
 
 def test_a_reference_file_sent_again_is_not_decoded_again(
-    generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    service: ImageService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cog downloads every request's references to new files; the same bytes are decoded once,
     and the image is the one decoding them again would give."""
@@ -175,15 +176,15 @@ def test_a_reference_file_sent_again_is_not_decoded_again(
     request = Request(
         prompt="@cat", resolution="720p", aspect_ratio="1:1", reference_tags=["cat"], reference_images=[first], seed=5
     )
-    outputs = [generator.predict(request), generator.predict(replace(request, reference_images=[again]))]
+    outputs = [service.predict(request), service.predict(replace(request, reference_images=[again]))]
     assert decoded == [first]
-    assert generator.decoded is not None and generator.decoded.weight >= 320 * 240 * 3
+    assert service.decoded is not None and service.decoded.weight >= 320 * 240 * 3
     assert np.array_equal(*(np.asarray(Image.open(path)) for path in outputs))
 
 
-def test_replicate_log_lines(generator: Generator, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_replicate_log_lines(service: ImageService, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     refs = [reference(tmp_path, c) for c in ("green", "pink", "blue")]
-    generator.predict(
+    service.predict(
         Request(
             prompt="a close up portrait of @woman and @man standing in @park",
             resolution="1080p",
@@ -205,11 +206,11 @@ def test_replicate_log_lines(generator: Generator, capsys: pytest.CaptureFixture
 
 
 def test_a_mention_past_77_tokens_still_places_its_reference(
-    generator: Generator, capsys: pytest.CaptureFixture, tmp_path: Path
+    service: ImageService, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
     scene = "a quiet street at dusk, warm lamps, wet cobblestones, " * 7  # 84 tokens before the mention
     # 1080p 1:1: a base pass and a refine pass, both with the 154-token text.
-    path = generator.predict(tagged(tmp_path, scene + "and @man walks home", ["man"], "1080p", "1:1", seed=5))
+    path = service.predict(tagged(tmp_path, scene + "and @man walks home", ["man"], "1080p", "1:1", seed=5))
     out = capsys.readouterr().out
     assert "Base 1024x1024, refined to 1080x1080" in out
     assert "@man covers " in out and "(subject)" in out  # a region, not the whole image
@@ -218,18 +219,18 @@ def test_a_mention_past_77_tokens_still_places_its_reference(
 
 
 def test_a_prompt_past_300_tokens_says_what_is_not_read(
-    generator: Generator, capsys: pytest.CaptureFixture, tmp_path: Path
+    service: ImageService, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
     prompt = "@woman " + "a " * 300 + "and @dog"  # 615 characters, 303 tokens: @dog is the 303rd
-    generator.predict(tagged(tmp_path, prompt, ["woman", "dog"], "720p", "1:1", seed=5))
+    service.predict(tagged(tmp_path, prompt, ["woman", "dog"], "720p", "1:1", seed=5))
     out = capsys.readouterr().out.splitlines()
     assert "Prompt is 303 tokens; the text encoders read the first 300" in out
     assert "@dog is mentioned only after that, so its reference applies to the whole image" in out
     assert not any(line.startswith("@woman is mentioned") for line in out)
 
 
-def test_random_seed_is_drawn_and_logged(generator: Generator, capsys: pytest.CaptureFixture) -> None:
-    generator.predict(Request(prompt="a fox", resolution="720p", aspect_ratio="1:1"))
+def test_random_seed_is_drawn_and_logged(service: ImageService, capsys: pytest.CaptureFixture) -> None:
+    service.predict(Request(prompt="a fox", resolution="720p", aspect_ratio="1:1"))
     seed_line = capsys.readouterr().out.splitlines()[0]
     assert seed_line.startswith("Using seed: ") and 0 <= int(seed_line.split(": ")[1]) <= 4294967295
 
@@ -240,7 +241,7 @@ def test_missing_weights_name_the_download_script(tmp_path: Path) -> None:
 
 
 def test_refine_pass_carries_the_base_pass_references_text_and_tag_masks(
-    generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    service: ImageService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[dict] = []
     for cls in (StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline):
@@ -260,7 +261,7 @@ def test_refine_pass_carries_the_base_pass_references_text_and_tag_masks(
         return masks
 
     monkeypatch.setattr(RegionState, "layer_masks", record)
-    out = generator.predict(tagged(tmp_path, "@woman and @man on a beach", ["woman", "man"], "1080p", "16:9", seed=5))
+    out = service.predict(tagged(tmp_path, "@woman and @man on a beach", ["woman", "man"], "1080p", "16:9", seed=5))
     with Image.open(out) as image:
         assert image.size == (1920, 1080)
     base, refine = calls
@@ -283,11 +284,11 @@ def test_refine_pass_carries_the_base_pass_references_text_and_tag_masks(
         assert torch.equal(masks, resized)
 
 
-def half_precision_leaks(generator: Generator, dtype: torch.dtype) -> list[str]:
+def half_precision_leaks(service: ImageService, dtype: torch.dtype) -> list[str]:
     """Parameters of the set-up model (both pipelines, the installed processors, the fused
     projections) that are not in `dtype`."""
-    modules = {f"pipe.{n}": c for n, c in generator.pipe.components.items() if isinstance(c, torch.nn.Module)}
-    modules |= {f"refiner.{n}": c for n, c in generator.refiner.components.items() if isinstance(c, torch.nn.Module)}
+    modules = {f"pipe.{n}": c for n, c in service.pipe.components.items() if isinstance(c, torch.nn.Module)}
+    modules |= {f"refiner.{n}": c for n, c in service.refiner.components.items() if isinstance(c, torch.nn.Module)}
     assert {"pipe.unet", "pipe.vae", "pipe.text_encoder", "pipe.text_encoder_2", "pipe.image_encoder"} <= set(modules)
     return [f"{name}.{p}" for name, m in modules.items() for p, t in m.named_parameters() if t.dtype != dtype]
 
@@ -296,10 +297,10 @@ def test_fp16_setup_is_fp16_throughout_and_the_vae_never_upcasts(tiny_weights: P
     """The CUDA runtime's dtype, set up (not run) on the CPU: every module of both pipelines in
     fp16 after the whole setup (diffusers' from_pipe casts to float32 unless told otherwise), and
     the fp16-fix VAE's config tells diffusers not to upcast it (our own decode never does)."""
-    generator = Generator(Settings(weights_dir=tiny_weights, device="cpu", dtype="float16"))
-    leaks = half_precision_leaks(generator, torch.float16)
+    service = build_service(Settings(weights_dir=tiny_weights, device="cpu", dtype="float16"))
+    leaks = half_precision_leaks(service, torch.float16)
     assert not leaks, leaks[:5]
-    assert generator.pipe.vae.config.force_upcast is False
+    assert service.pipe.vae.config.force_upcast is False
 
 
 def test_ip_adapter_loads_with_one_walk_over_the_unet_into_diffusers_processors(
@@ -336,15 +337,15 @@ def test_ip_adapter_loads_with_one_walk_over_the_unet_into_diffusers_processors(
 def test_a_half_precision_runtime_generates_end_to_end(tiny_weights: Path, tmp_path: Path) -> None:
     """bfloat16 (which a CPU can run): every stage, references, tag masks and refine included,
     stays in the runtime's dtype and the output has the exact size."""
-    generator = Generator(Settings(weights_dir=tiny_weights, steps=2, device="cpu", dtype="bfloat16"))
-    out = generator.predict(tagged(tmp_path, "@woman in @park", ["woman", "park"], "1080p", "4:3", seed=3))
+    service = build_service(Settings(weights_dir=tiny_weights, steps=2, device="cpu", dtype="bfloat16"))
+    out = service.predict(tagged(tmp_path, "@woman in @park", ["woman", "park"], "1080p", "4:3", seed=3))
     assert Image.open(out).size == OUTPUT_SIZES["1080p"]["4:3"]
-    leaks = half_precision_leaks(generator, torch.bfloat16)
+    leaks = half_precision_leaks(service, torch.bfloat16)
     assert not leaks, leaks[:5]
 
 
-def test_decode_falls_back_to_tiles_on_out_of_memory(generator: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
-    vae = generator.pipe.vae
+def test_decode_falls_back_to_tiles_on_out_of_memory(service: ImageService, monkeypatch: pytest.MonkeyPatch) -> None:
+    vae = service.pipe.vae
     real_decode = vae.decode
     tiling_seen: list[bool] = []
 
@@ -356,17 +357,17 @@ def test_decode_falls_back_to_tiles_on_out_of_memory(generator: Generator, monke
 
     monkeypatch.setattr(vae, "decode", decode_oom_untiled)
     latents = torch.randn(1, 4, 96, 128, generator=torch.Generator().manual_seed(0))
-    image, tiled = decode(vae, generator.pipe.image_processor, latents, "auto")
+    image, tiled = decode(vae, service.pipe.image_processor, latents, "auto")
     assert tiled and image.size == (1024, 768) and tiling_seen == [False, True]
     assert vae.use_tiling is False  # shared state restored for the next request
     with pytest.raises(torch.OutOfMemoryError):
-        decode(vae, generator.pipe.image_processor, latents, "never")
+        decode(vae, service.pipe.image_processor, latents, "never")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_to_pil_is_diffusers_postprocess_pixel_for_pixel(generator: Generator, dtype: torch.dtype) -> None:
+def test_to_pil_is_diffusers_postprocess_pixel_for_pixel(service: ImageService, dtype: torch.dtype) -> None:
     """The decoded image is converted to 8 bits where it lies; the result is diffusers' own."""
-    processor = generator.pipe.image_processor
+    processor = service.pipe.image_processor
     # A VAE's output range and beyond (it is clamped), with values on the rounding boundaries.
     pixels = (torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0)) * 0.8).to(dtype)
     pixels[0, 0, 0, :5] = torch.tensor([-1.0, 1.0, 0.0, -3.0, 3.0], dtype=dtype)
@@ -377,10 +378,10 @@ def test_to_pil_is_diffusers_postprocess_pixel_for_pixel(generator: Generator, d
 
 
 def test_save_masks_writes_where_each_tag_landed(
-    generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    service: ImageService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    monkeypatch.setattr(generator, "settings", replace(generator.settings, save_masks=True))
-    out = generator.predict(tagged(tmp_path, "@woman standing in @park", ["woman", "park"], "720p", "4:3", seed=9))
+    monkeypatch.setattr(service, "settings", replace(service.settings, save_masks=True))
+    out = service.predict(tagged(tmp_path, "@woman standing in @park", ["woman", "park"], "720p", "4:3", seed=9))
     masks_path = out.with_suffix(".masks.png")
     assert f"Tag masks written to {masks_path}" in capsys.readouterr().out
     with Image.open(masks_path) as overlay, Image.open(out) as image:
@@ -395,12 +396,12 @@ def test_save_masks_writes_where_each_tag_landed(
 
 
 def test_a_masks_folder_keeps_the_masks_under_the_outputs_name(
-    generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    service: ImageService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     folder = tmp_path / "masks"
     folder.mkdir()
-    monkeypatch.setattr(generator, "settings", replace(generator.settings, masks_dir=folder))
-    out = generator.predict(tagged(tmp_path, "@woman standing in @park", ["woman", "park"], "720p", "1:1", seed=3))
+    monkeypatch.setattr(service, "settings", replace(service.settings, masks_dir=folder))
+    out = service.predict(tagged(tmp_path, "@woman standing in @park", ["woman", "park"], "720p", "1:1", seed=3))
     masks_path = folder / f"{out.stem}.masks.png"
     assert f"Tag masks written to {masks_path}" in capsys.readouterr().out
     assert sorted(folder.iterdir()) == [masks_path], "only the masks go to the folder"
@@ -408,8 +409,8 @@ def test_a_masks_folder_keeps_the_masks_under_the_outputs_name(
     with Image.open(masks_path) as overlay:
         assert overlay.size == (720, 720)
     # The folder is the user's: the writer's clean-up of old outputs never reaches it.
-    for _ in range(generator.output.keep):
-        generator.output.write(Image.new("RGB", (8, 8)), seed=0)
+    for _ in range(service.output.keep):
+        service.output.write(Image.new("RGB", (8, 8)), seed=0)
     assert not out.exists() and masks_path.exists()
 
 
@@ -434,33 +435,33 @@ def test_setup_downloads_missing_weights_into_the_folder_then_loads(
     volume = tmp_path / "weights"
     shutil.copytree(tiny_weights / SDXL_VAE_FP16_FIX.folder, volume / SDXL_VAE_FP16_FIX.folder)  # one present
     with pytest.raises(MissingWeightsError):
-        Generator(Settings(weights_dir=volume, device="cpu", download_weights=False))
+        build_service(Settings(weights_dir=volume, device="cpu", download_weights=False))
     assert fetched == []
-    Generator(Settings(weights_dir=volume, device="cpu", steps=1))
+    build_service(Settings(weights_dir=volume, device="cpu", steps=1))
     assert fetched == [r.repo_id for r in ALL_REPOS if r is not SDXL_VAE_FP16_FIX]
     logs = capsys.readouterr().out
     assert f"Weights missing in {volume}: downloading them" in logs
     assert f"{SDXL_VAE_FP16_FIX.repo_id}: present in" in logs
     # The volume is complete now: the next start downloads nothing.
-    Generator(Settings(weights_dir=volume, device="cpu", steps=1))
+    build_service(Settings(weights_dir=volume, device="cpu", steps=1))
     assert len(fetched) == 2
 
 
 def test_turbo_fuses_sdxl_lightning_runs_4_steps_without_cfg(
-    generator: Generator, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+    service: ImageService, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    turbo = Generator(Settings(weights_dir=tiny_weights, device="cpu", turbo=True, steps=30, guidance=7.0))
+    turbo = build_service(Settings(weights_dir=tiny_weights, device="cpu", turbo=True, steps=30, guidance=7.0))
     assert turbo.settings.effective_steps == 4 and turbo.settings.effective_guidance == 0.0
     assert turbo.pipe.scheduler.config.timestep_spacing == "trailing"
     # Without turbo, SDXL's own sampler as its repository configures it ("leading").
     saved = json.loads((tiny_weights / SDXL_BASE.folder / "scheduler" / "scheduler_config.json").read_text())
-    assert generator.pipe.scheduler.config.timestep_spacing == saved["timestep_spacing"] == "leading"
+    assert service.pipe.scheduler.config.timestep_spacing == saved["timestep_spacing"] == "leading"
     assert turbo.refiner.scheduler is turbo.pipe.scheduler
     # The LoRA is fused into the UNet's weights (not left as extra layers).
     name = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
     fused_q = turbo.pipe.unet.get_submodule(name)
     assert type(fused_q) is torch.nn.Linear
-    assert not torch.equal(fused_q.weight, generator.pipe.unet.get_submodule(name).weight)
+    assert not torch.equal(fused_q.weight, service.pipe.unet.get_submodule(name).weight)
     batches: list[int] = []
     forward = turbo.pipe.unet.forward
 
@@ -553,22 +554,22 @@ def test_turbo_without_its_lora_names_the_download(tiny_weights: Path, tmp_path:
     for repo in ALL_REPOS:
         shutil.copytree(tiny_weights / repo.folder, partial / repo.folder)
     with pytest.raises(MissingWeightsError, match=r"ByteDance/SDXL-Lightning.*--turbo"):
-        Generator(Settings(weights_dir=partial, device="cpu", turbo=True, download_weights=False))
+        build_service(Settings(weights_dir=partial, device="cpu", turbo=True, download_weights=False))
 
 
-def test_repeated_prompt_skips_the_text_encoders(generator: Generator) -> None:
+def test_repeated_prompt_skips_the_text_encoders(service: ImageService) -> None:
     request = Request(prompt="a heron at first light", resolution="720p", aspect_ratio="1:1", seed=6)
-    generator.predict(request)
-    calls = generator.text.encoder_calls
-    generator.predict(Request(**{**request.__dict__, "seed": 7}))
-    assert generator.text.encoder_calls == calls
-    generator.predict(Request(**{**request.__dict__, "prompt": "a heron at dusk"}))
-    assert generator.text.encoder_calls == calls + 1
+    service.predict(request)
+    calls = service.text.encoder_calls
+    service.predict(Request(**{**request.__dict__, "seed": 7}))
+    assert service.text.encoder_calls == calls
+    service.predict(Request(**{**request.__dict__, "prompt": "a heron at dusk"}))
+    assert service.text.encoder_calls == calls + 1
 
 
 @pytest.mark.usefixtures("small")
 def test_the_image_projection_runs_once_per_pass_with_the_same_image(tiny_weights: Path, tmp_path: Path) -> None:
-    gen = Generator(Settings(weights_dir=tiny_weights, steps=4, device="cpu"))
+    gen = build_service(Settings(weights_dir=tiny_weights, steps=4, device="cpu"))
     unet = gen.pipe.unet
     assert isinstance(unet.encoder_hid_proj, ProjectionOncePerPass)
     calls = []
@@ -593,7 +594,7 @@ def test_cross_attention_projects_the_text_once_per_pass(
     """Each cross-attention layer runs `to_k` on the prompt once per pass (base + refine), not at
     every step, with references or none, and the image is byte-identical to projecting it at
     every step."""
-    gen = Generator(Settings(weights_dir=tiny_weights, steps=4, device="cpu"))
+    gen = build_service(Settings(weights_dir=tiny_weights, steps=4, device="cpu"))
     layer = next(m for name, m in gen.pipe.unet.named_modules() if name.endswith("attn2"))
     calls = []
     layer.to_k.register_forward_hook(lambda *_: calls.append(1))
@@ -610,26 +611,26 @@ def test_cross_attention_projects_the_text_once_per_pass(
 
 @pytest.mark.usefixtures("small")
 def test_pipelines_pin_diffusers_execution_device_and_never_walk_the_modules(
-    generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    service: ImageService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The execution device is diffusers' own answer, read once at setup: a prediction never runs
     diffusers' walk over every module (about 12 ms a call on the CPU with SDXL's structure)."""
     walk = DiffusionPipeline._execution_device
-    for pipe in (generator.pipe, generator.refiner):
+    for pipe in (service.pipe, service.refiner):
         assert pipe._execution_device == walk.fget(pipe) == torch.device("cpu")
     walks = []
     monkeypatch.setattr(DiffusionPipeline, "_execution_device", property(lambda p: walks.append(p) or walk.fget(p)))
-    generator.predict(tagged(tmp_path, "@woman in @park", ["woman", "park"], "1080p", "1:1", seed=3))
+    service.predict(tagged(tmp_path, "@woman in @park", ["woman", "park"], "1080p", "1:1", seed=3))
     assert walks == []
-    with device_looked_up(generator.pipe):  # unpinned: diffusers' own again
-        assert generator.pipe._execution_device == torch.device("cpu") and walks == [generator.pipe]
+    with device_looked_up(service.pipe):  # unpinned: diffusers' own again
+        assert service.pipe._execution_device == torch.device("cpu") and walks == [service.pipe]
 
 
 @pytest.mark.usefixtures("small")
 def test_attention_reads_each_processor_signature_once_not_at_every_call(
-    generator: Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    service: ImageService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    models = (generator.pipe.unet, generator.pipe.vae)
+    models = (service.pipe.unet, service.pipe.vae)
     processors = [p for model in models for p in model.attn_processors.values()]
     for processor in processors:  # the names diffusers reads at every call
         assert processor_parameters(type(processor)) == set(inspect.signature(processor.__call__).parameters)
@@ -645,14 +646,14 @@ def test_attention_reads_each_processor_signature_once_not_at_every_call(
     processor_parameters.cache_clear()
     request = tagged(tmp_path, "@woman in @park", ["woman", "park"], "1080p", "1:1", seed=3)  # refined: all run
 
-    once = generator.predict(request)
+    once = service.predict(request)
     assert 0 < len(read) <= len({type(p) for p in processors})
     # diffusers' own forward on the same modules: one read per attention call, the same image.
     modules = attention_modules(*models)
     for module in modules:
         monkeypatch.delattr(module, "forward")  # the class's forward again (restored at teardown)
     read.clear()
-    every_call = generator.predict(request)
+    every_call = service.predict(request)
     assert len(read) >= len(modules)
     assert digest(once) == digest(every_call)
 

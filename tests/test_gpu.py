@@ -15,8 +15,8 @@ from PIL import Image
 from model.contract.request import Request
 from model.contract.tables import OUTPUT_SIZES
 from model.engine.weights import missing_repos
-from model.serving.service import Generator
 from model.serving.settings import Settings
+from model.serving.setup import build_service
 from tests.conftest import png_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,11 +47,11 @@ def neighbour_difference(path: Path) -> float:
 @pytest.mark.gpu
 @needs_cuda
 def test_fp16_on_cuda_generates_the_exact_size_and_stays_fp16(tiny_weights: Path, tmp_path: Path) -> None:
-    generator = Generator(Settings(weights_dir=tiny_weights, steps=4, device="cuda"))
-    assert generator.runtime.dtype == torch.float16
-    out = generator.predict(tagged_request(tmp_path))
+    service = build_service(Settings(weights_dir=tiny_weights, steps=4, device="cuda"))
+    assert service.runtime.dtype == torch.float16
+    out = service.predict(tagged_request(tmp_path))
     assert Image.open(out).size == OUTPUT_SIZES["1080p"]["4:3"]
-    wrong = [n for n, p in generator.pipe.unet.named_parameters() if p.dtype != torch.float16]
+    wrong = [n for n, p in service.pipe.unet.named_parameters() if p.dtype != torch.float16]
     assert not wrong, wrong[:5]
 
 
@@ -61,8 +61,8 @@ def test_cuda_graphs_make_the_eager_image(tiny_weights: Path, tmp_path: Path) ->
     """The graphed step loop (the default on CUDA) against the eager one, on two requests with the
     same shapes and phases (so the second replays graphs captured for the first)."""
     common = {"weights_dir": tiny_weights, "steps": 8, "device": "cuda"}
-    eager = Generator(Settings(**common, cuda_graphs=False))
-    graphed = Generator(Settings(**common))
+    eager = build_service(Settings(**common, cuda_graphs=False))
+    graphed = build_service(Settings(**common))
     assert eager.graphs is None and graphed.graphs is not None
     first = tagged_request(tmp_path)
     second = Request(
@@ -80,19 +80,19 @@ def test_cuda_graphs_make_the_eager_image(tiny_weights: Path, tmp_path: Path) ->
 @needs_cuda
 def test_the_idle_warm_up_leaves_a_request_of_its_shape_no_graph_to_capture(tiny_weights: Path, tmp_path: Path) -> None:
     """On CUDA the warm-up is on by default, for Replicate's default entry (model/serving/warmup.py)."""
-    generator = Generator(Settings(weights_dir=tiny_weights, steps=8, device="cuda"))
-    assert {(job.plan.target, job.references) for job in generator.idle_warmup} == {
+    service = build_service(Settings(weights_dir=tiny_weights, steps=8, device="cuda"))
+    assert {(job.plan.target, job.references) for job in service.idle_warmup} == {
         (OUTPUT_SIZES["1080p"]["16:9"], n) for n in range(4)
     }
-    jobs = generator.idle_warmup
-    assert generator.warm_up(jobs, generator.idle_warmup_steps) == len(jobs) == 13
-    captures = generator.graphs.captures
+    jobs = service.idle_warmup
+    assert service.warm_up(jobs, service.idle_warmup_steps) == len(jobs) == 13
+    captures = service.graphs.captures
     assert captures == 29  # as counted on the CPU's stand-in (tests/test_warmup.py)
     refs = tagged_request(tmp_path).reference_images
-    generator.predict(Request("@woman with @man and @dog", "1080p", "16:9", ["woman", "man", "dog"], refs, seed=3))
-    generator.predict(Request("a lighthouse", "1080p", "16:9", [], refs[:2], seed=3))  # global references
-    generator.predict(Request("@man at dusk", "1080p", "16:9", ["woman", "man"], refs, seed=3))  # and both
-    assert generator.graphs.captures == captures
+    service.predict(Request("@woman with @man and @dog", "1080p", "16:9", ["woman", "man", "dog"], refs, seed=3))
+    service.predict(Request("a lighthouse", "1080p", "16:9", [], refs[:2], seed=3))  # global references
+    service.predict(Request("@man at dusk", "1080p", "16:9", ["woman", "man"], refs, seed=3))  # and both
+    assert service.graphs.captures == captures
 
 
 @pytest.mark.gpu
@@ -100,8 +100,8 @@ def test_the_idle_warm_up_leaves_a_request_of_its_shape_no_graph_to_capture(tiny
 @needs_cuda
 @needs_real_weights
 def test_real_weights_make_an_image_not_noise(tmp_path: Path) -> None:
-    generator = Generator(Settings(weights_dir=ROOT / "weights", download_weights=False))
-    out = generator.predict(tagged_request(tmp_path))
+    service = build_service(Settings(weights_dir=ROOT / "weights", download_weights=False))
+    out = service.predict(tagged_request(tmp_path))
     assert Image.open(out).size == OUTPUT_SIZES["1080p"]["4:3"]
     grey = np.asarray(Image.open(out).convert("L"), dtype=np.float32)
     assert grey.std() > 5, "a blank image (NaN latents decode to black)"

@@ -19,8 +19,9 @@ from PIL import Image
 
 from model.contract.request import Request
 from model.engine.graphs import StepFn, UNetGraphs, install_unet_graphs, rerun
-from model.serving.service import Generator
+from model.serving.service import ImageService
 from model.serving.settings import Settings
+from model.serving.setup import build_service
 from scripts.benchmark import injection_runner
 from tests.conftest import png_bytes
 
@@ -44,20 +45,20 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def assert_same_image(generator: Generator, eager: Generator, inputs: Request) -> None:
-    """The graphed generator writes the very bytes the eager one does."""
-    assert digest(generator.predict(inputs)) == digest(eager.predict(inputs))
+def assert_same_image(service: ImageService, eager: ImageService, inputs: Request) -> None:
+    """The graphed service writes the very bytes the eager one does."""
+    assert digest(service.predict(inputs)) == digest(eager.predict(inputs))
 
 
 @pytest.fixture(scope="module")
-def eager(tiny_weights: Path) -> Generator:
-    return Generator(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu"))
+def eager(tiny_weights: Path) -> ImageService:
+    return build_service(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu"))
 
 
 @pytest.fixture
-def graphed(tiny_weights: Path) -> tuple[Generator, UNetGraphs]:
-    generator = Generator(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu"))
-    return generator, install_unet_graphs(generator.pipe.unet, capture=rerun)
+def graphed(tiny_weights: Path) -> tuple[ImageService, UNetGraphs]:
+    service = build_service(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu"))
+    return service, install_unet_graphs(service.pipe.unet, capture=rerun)
 
 
 REQUESTS = [
@@ -68,71 +69,73 @@ REQUESTS = [
 
 
 def test_replayed_steps_make_the_eager_image_and_reuse_their_graphs(
-    eager: Generator, graphed: tuple[Generator, UNetGraphs], tmp_path: Path
+    eager: ImageService, graphed: tuple[ImageService, UNetGraphs], tmp_path: Path
 ) -> None:
-    generator, graphs = graphed
+    service, graphs = graphed
     (tmp_path / "a").mkdir()
     first = request(tmp_path / "a", *REQUESTS[0][:3], seed=REQUESTS[0][3])
-    assert_same_image(generator, eager, first)
+    assert_same_image(service, eager, first)
     # Base pass: warm-up, the last warm-up step (anchors record), localized; refine: carried masks.
     assert graphs.captures == 4
     assert graphs.replays == STEPS + int(STEPS * Settings.refine_strength)  # every step, base and refine
     (tmp_path / "b").mkdir()
     second = request(tmp_path / "b", *REQUESTS[1][:3], seed=REQUESTS[1][3])
-    assert_same_image(generator, eager, second)
+    assert_same_image(service, eager, second)
     assert graphs.captures == 4
 
 
 def test_no_references_take_one_graph_per_pass(
-    eager: Generator, graphed: tuple[Generator, UNetGraphs], tmp_path: Path
+    eager: ImageService, graphed: tuple[ImageService, UNetGraphs], tmp_path: Path
 ) -> None:
-    generator, graphs = graphed
+    service, graphs = graphed
     plain = request(tmp_path, "a lighthouse in a storm", [], (), seed=3)
-    assert_same_image(generator, eager, plain)
+    assert_same_image(service, eager, plain)
     assert graphs.captures == 2
 
 
 def test_a_full_cache_evicts_the_oldest_graph_and_stays_exact(
-    eager: Generator, graphed: tuple[Generator, UNetGraphs], tmp_path: Path
+    eager: ImageService, graphed: tuple[ImageService, UNetGraphs], tmp_path: Path
 ) -> None:
-    generator, graphs = graphed
+    service, graphs = graphed
     graphs.capacity = 2
     tagged = request(tmp_path, *REQUESTS[0][:3], seed=4)
-    assert_same_image(generator, eager, tagged)
+    assert_same_image(service, eager, tagged)
     assert len(graphs.graphs) == 2
     assert graphs.captures == 4
 
 
 def test_a_failed_capture_leaves_its_key_eager(
-    eager: Generator, tiny_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    eager: ImageService, tiny_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    generator = Generator(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu"))
+    service = build_service(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu"))
 
     def broken(step: StepFn, pool: object) -> StepFn:
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    graphs = install_unet_graphs(generator.pipe.unet, capture=broken)
+    graphs = install_unet_graphs(service.pipe.unet, capture=broken)
     plain = request(tmp_path, "a lighthouse in a storm", [], (), seed=5)
     with caplog.at_level(logging.WARNING, logger="model.engine.graphs"):
-        assert_same_image(generator, eager, plain)
+        assert_same_image(service, eager, plain)
     assert graphs.captures == 0 and set(graphs.graphs.values()) == {None}
     assert sum("capture failed" in r.message for r in caplog.records) == 2  # once per key, not per step
 
 
-def test_diffusers_own_calls_are_replayed_too_and_other_calls_run_eager(graphed: tuple[Generator, UNetGraphs]) -> None:
+def test_diffusers_own_calls_are_replayed_too_and_other_calls_run_eager(
+    graphed: tuple[ImageService, UNetGraphs],
+) -> None:
     """A call without a region state (diffusers' plain IP-Adapter, the benchmark's baseline) gets
     a graph of its own; a call the step loop never makes (a timestep as a Python number) does not."""
-    generator, graphs = graphed
-    unet = generator.pipe.unet
+    service, graphs = graphed
+    unet = service.pipe.unet
     config = unet.config
     pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-    generator.pipe.set_ip_adapter_scale(0.6)
+    service.pipe.set_ip_adapter_scale(0.6)
 
     def inputs(seed: int, colour: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
         torch.manual_seed(seed)
         sample = torch.randn(1, config.in_channels, 16, 16)
         text = torch.randn(1, 77, config.cross_attention_dim)
-        images = generator.encoder.encode([Image.new("RGB", (64, 64), colour)]).ip_adapter_embeds(guidance=False)
+        images = service.encoder.encode([Image.new("RGB", (64, 64), colour)]).ip_adapter_embeds(guidance=False)
         return (
             sample,
             text,
@@ -150,12 +153,12 @@ def test_diffusers_own_calls_are_replayed_too_and_other_calls_run_eager(graphed:
 
 
 def test_graphs_made_under_inference_mode_serve_a_pipeline_called_under_no_grad(
-    graphed: tuple[Generator, UNetGraphs],
+    graphed: tuple[ImageService, UNetGraphs],
 ) -> None:
     """Predictions run under inference mode; diffusers' pipelines alone (the benchmark's plain and
     localized runs) under no_grad, which may not write into inference tensors."""
-    generator, graphs = graphed
-    run = injection_runner(generator, steps=2, width=256, height=256)
+    service, graphs = graphed
+    run = injection_runner(service, steps=2, width=256, height=256)
     with torch.inference_mode():
         run(True)
     captures = graphs.captures

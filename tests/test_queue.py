@@ -1,6 +1,6 @@
 """The generation queue on its own: FIFO, one at a time, cancel while waiting and while running.
 
-The Generator is replaced by a stand-in whose run() takes steps and honours should_stop exactly as
+The ImageService is replaced by a stand-in whose run() takes steps and honours should_stop exactly as
 the real one does (tests/test_server.py runs the real one through Cog).
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 from model.contract.errors import InputError
 from model.contract.request import Request
-from model.serving.queue import GenerationQueue
+from model.serving.queue import PredictionQueue
 from model.serving.service import Canceled
 
 
@@ -59,7 +59,7 @@ def request(prompt: str) -> Request:
 
 def test_one_at_a_time_in_order_of_arrival() -> None:
     gen = SteppingGenerator()
-    queue = GenerationQueue(gen)  # type: ignore[arg-type]
+    queue = PredictionQueue(gen)  # type: ignore[arg-type]
 
     async def main() -> list[Path]:
         tasks = []
@@ -76,7 +76,7 @@ def test_one_at_a_time_in_order_of_arrival() -> None:
 
 def test_bad_input_fails_at_once_without_waiting_for_the_gpu() -> None:
     gen = SteppingGenerator(steps=20)
-    queue = GenerationQueue(gen)  # type: ignore[arg-type]
+    queue = PredictionQueue(gen)  # type: ignore[arg-type]
 
     async def main() -> float:
         busy = asyncio.create_task(queue.predict(request("long")))
@@ -94,7 +94,7 @@ def test_bad_input_fails_at_once_without_waiting_for_the_gpu() -> None:
 
 def test_cancel_while_waiting_leaves_the_line_and_the_rest_go_on() -> None:
     gen = SteppingGenerator()
-    queue = GenerationQueue(gen)  # type: ignore[arg-type]
+    queue = PredictionQueue(gen)  # type: ignore[arg-type]
 
     async def main() -> list[object]:
         tasks = [asyncio.create_task(queue.predict(request(n))) for n in ("a", "b", "c")]
@@ -110,7 +110,7 @@ def test_cancel_while_waiting_leaves_the_line_and_the_rest_go_on() -> None:
 
 def test_cancel_while_running_stops_within_one_step_and_frees_the_gpu() -> None:
     gen = SteppingGenerator(steps=40, step_s=0.05)
-    queue = GenerationQueue(gen)  # type: ignore[arg-type]
+    queue = PredictionQueue(gen)  # type: ignore[arg-type]
 
     async def main() -> tuple[object, Path, float]:
         first = asyncio.create_task(queue.predict(request("first")))

@@ -21,8 +21,8 @@ from model.engine.placement.processors import (
 from model.engine.placement.state import RegionState
 from model.engine.tokens import mention_positions, window_ids
 from model.engine.weights import SDXL_BASE
-from model.serving.service import Generator
 from model.serving.settings import Settings
+from model.serving.setup import build_service
 from scripts.benchmark import OpCounter, injection_runner
 
 
@@ -324,8 +324,8 @@ def test_tag_localization_adds_no_host_sync_to_the_step_loop(tiny_weights: Path)
     """Counted on the real pipeline with the installed processors: the tag-localized denoising
     loop (anchor maps, masks every step, 3 references) reads no tensor value on the host and
     makes no tensor from Python data more often than plain IP-Adapter does."""
-    generator = Generator(Settings(weights_dir=tiny_weights, steps=4, device="cpu"))
-    run = injection_runner(generator, steps=4, width=256, height=256)
+    service = build_service(Settings(weights_dir=tiny_weights, steps=4, device="cpu"))
+    run = injection_runner(service, steps=4, width=256, height=256)
     with OpCounter() as localized:
         region = run(True)
     with OpCounter() as plain:

@@ -13,8 +13,8 @@ from model.contract.prompt import parse_prompt
 from model.engine.generate import Stopwatch, generate, resample
 from model.engine.plan import PLANS, plan_for
 from model.engine.resize import cover_resize, lanczos_weights
-from model.serving.service import Generator
 from model.serving.settings import Settings
+from model.serving.setup import build_service
 from scripts.benchmark import photo_like
 
 
@@ -39,7 +39,7 @@ def test_cover_resize_is_pillows_lanczos_within_one_level(plan: object) -> None:
 def test_refine_from_the_device_upscale_matches_pillows(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The refine pass takes the device's upscale as a [0, 1] tensor, as diffusers' img2img
     documents, and makes the image it makes from Pillow's, but for rounding."""
-    generator = Generator(Settings(weights_dir=tiny_weights, steps=2, device="cpu"))
+    service = build_service(Settings(weights_dir=tiny_weights, steps=2, device="cpu"))
     given: list[object] = []
     original = StableDiffusionXLImg2ImgPipeline.__call__
 
@@ -48,15 +48,16 @@ def test_refine_from_the_device_upscale_matches_pillows(tiny_weights: Path, monk
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(StableDiffusionXLImg2ImgPipeline, "__call__", spy)
-    text = generator.text.encode(parse_prompt("a lighthouse at dusk").text)
-    inputs = generator._inputs(text, plan_for("1080p", "4:3"), 3, generator.encoder.encode([]), [], steps=2)
+    prepared = service.prepare(parse_prompt("a lighthouse at dusk"), [], plan_for("1080p", "4:3"))
+    text = service.text.encode(prepared.prompt.text)
+    inputs = service._inputs(prepared, 3, service.encoder.encode([]), text)
     images = [
         np.asarray(
             generate(
-                generator.pipe,
-                generator.refiner,
+                service.pipe,
+                service.refiner,
                 inputs,
-                generator.runtime,
+                service.runtime,
                 Stopwatch(torch.device("cpu")),
                 upscale_on_device=on_device,
             ).image

@@ -23,9 +23,10 @@ from model.engine.graphs import UNetGraphs, graph_key, install_unet_graphs, reru
 from model.engine.placement.binding import Binding, RegionConfig, bind_references
 from model.engine.placement.state import RegionState
 from model.engine.plan import plan_for
-from model.serving.queue import GenerationQueue
-from model.serving.service import Generator
+from model.serving.queue import PredictionQueue
+from model.serving.service import ImageService
 from model.serving.settings import Settings
+from model.serving.setup import build_service
 from model.serving.warmup import IdleWarmup, WarmupJob, warmup_jobs, warmup_steps
 from scripts.serve import CogServer
 from tests.conftest import OFFLINE_ENV, png_bytes
@@ -141,12 +142,12 @@ REQUESTS = [  # (prompt, tags, images)
 
 
 @pytest.fixture(scope="module")
-def warmed(tiny_weights: Path, small: None) -> tuple[Generator, UNetGraphs, int]:
-    """A generator whose idle warm-up was stopped once by a 'prediction', then ran to its end; at
+def warmed(tiny_weights: Path, small: None) -> tuple[ImageService, UNetGraphs, int]:
+    """A service whose idle warm-up was stopped once by a 'prediction', then ran to its end; at
     small sizes (`small`): the warm-up does not depend on the size."""
-    generator = Generator(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu", warmup="1080p 1:1"))
-    graphs = install_unet_graphs(generator.pipe.unet, capture=rerun)
-    jobs = generator.idle_warmup
+    service = build_service(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu", warmup="1080p 1:1"))
+    graphs = install_unet_graphs(service.pipe.unet, capture=rerun)
+    jobs = service.idle_warmup
     calls = 0
 
     def stop_at_the_third_step() -> bool:
@@ -154,15 +155,15 @@ def warmed(tiny_weights: Path, small: None) -> tuple[Generator, UNetGraphs, int]
         calls += 1
         return calls == 3
 
-    done = generator.warm_up(jobs, generator.idle_warmup_steps, stop_at_the_third_step)
+    done = service.warm_up(jobs, service.idle_warmup_steps, stop_at_the_third_step)
     assert done == 0 and calls == 3, "the stop is checked after every step and honoured at once"
-    assert generator.warm_up(jobs, generator.idle_warmup_steps, lambda: False) == len(jobs)
-    return generator, graphs, graphs.captures
+    assert service.warm_up(jobs, service.idle_warmup_steps, lambda: False) == len(jobs)
+    return service, graphs, graphs.captures
 
 
-def test_warm_up_captures_each_graph_of_its_entry(warmed: tuple[Generator, UNetGraphs, int]) -> None:
-    generator, _, captures = warmed
-    assert generator.idle_warmup_steps == 5
+def test_warm_up_captures_each_graph_of_its_entry(warmed: tuple[ImageService, UNetGraphs, int]) -> None:
+    service, _, captures = warmed
+    assert service.idle_warmup_steps == 5
     # 0 references: base and refine. n mentioned references: the tag warm-up's step and the
     # refine, shared by every number of subjects; the recording step and the localized ones, per
     # number. n global references: base and refine (nothing is recorded or localized). n with
@@ -172,16 +173,16 @@ def test_warm_up_captures_each_graph_of_its_entry(warmed: tuple[Generator, UNetG
 
 
 def test_requests_of_the_warmed_shapes_capture_nothing_and_make_the_eager_image(
-    warmed: tuple[Generator, UNetGraphs, int], tiny_weights: Path, tmp_path: Path
+    warmed: tuple[ImageService, UNetGraphs, int], tiny_weights: Path, tmp_path: Path
 ) -> None:
     """Replayed from graphs that the warm-up captured with other tokens, images and seed, and,
     for the seed's layout, with the place last instead of first."""
-    generator, graphs, captures = warmed
-    eager = Generator(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu"))
+    service, graphs, captures = warmed
+    eager = build_service(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu"))
     for k, (prompt, tags, images) in enumerate(REQUESTS):
         (tmp_path / str(k)).mkdir()
         inputs = request(tmp_path / str(k), prompt, tags, images, seed=11)
-        assert digest(generator.predict(inputs)) == digest(eager.predict(inputs)), prompt
+        assert digest(service.predict(inputs)) == digest(eager.predict(inputs)), prompt
         assert graphs.captures == captures, f"{prompt!r} captured a graph the warm-up should have"
 
 
@@ -198,7 +199,7 @@ def test_a_warm_up_failure_is_reported_and_never_raised() -> None:
 
 
 class WarmingGenerator(SteppingGenerator):
-    """The queue's stand-in generator, with an idle warm-up of `jobs` jobs of 10 steps each."""
+    """The queue's stand-in service, with an idle warm-up of `jobs` jobs of 10 steps each."""
 
     def __init__(self, jobs: int = 3) -> None:
         super().__init__(steps=4, step_s=0.05)
@@ -225,10 +226,10 @@ class WarmingGenerator(SteppingGenerator):
 
 
 def test_a_prediction_stops_the_warm_up_at_its_next_step_and_it_goes_on_after(capsys: pytest.CaptureFixture) -> None:
-    generator = WarmingGenerator(jobs=3)
-    queue = GenerationQueue(generator)  # type: ignore[arg-type]
+    service = WarmingGenerator(jobs=3)
+    queue = PredictionQueue(service)  # type: ignore[arg-type]
     deadline = time.monotonic() + 5
-    while ("warm", "1") not in generator.events and time.monotonic() < deadline:
+    while ("warm", "1") not in service.events and time.monotonic() < deadline:
         time.sleep(0.01)  # until the warm-up is into its second job
 
     async def one() -> Path:
@@ -239,14 +240,14 @@ def test_a_prediction_stops_the_warm_up_at_its_next_step_and_it_goes_on_after(ca
     while queue.warmup.left and time.monotonic() < deadline:
         time.sleep(0.05)
     assert queue.warmup.left == []
-    assert generator.max_running == 1, "a warm-up step and a prediction ran at once"
-    assert generator.events == [
+    assert service.max_running == 1, "a warm-up step and a prediction ran at once"
+    assert service.events == [
         ("warm", "0"), ("warmed", "0"), ("warm", "1"), ("warm stopped", "1"),
         ("start", "p"), ("end", "p"),
         ("warm", "1"), ("warmed", "1"), ("warm", "2"), ("warmed", "2"),
     ]  # fmt: skip
     out = capsys.readouterr().out
-    width, height = generator.idle_warmup[0].plan.target
+    width, height = service.idle_warmup[0].plan.target
     assert f"Warming up {width}x{height} with 0 to 2 references while idle" in out
     assert "Warm-up paused for a prediction: 2 of 3 generations left" in out
     assert re.search(r"Warm-up done: 3 generations in \d+\.\dsec", out)
@@ -256,7 +257,7 @@ def test_no_warm_up_without_cuda_graphs_unless_asked(tiny_weights: Path) -> None
     assert Settings(warmup="auto").warmup_entries(graphs=True) == [("1080p", "16:9")]
     assert Settings(warmup="auto").warmup_entries(graphs=False) == []
     assert Settings(warmup="none").warmup_entries(graphs=True) == []
-    assert Generator(Settings(weights_dir=tiny_weights, device="cpu")).idle_warmup == []
+    assert build_service(Settings(weights_dir=tiny_weights, device="cpu")).idle_warmup == []
 
 
 def test_the_server_warms_up_while_idle_and_serves_a_prediction_at_once(tiny_weights: Path, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Stage 1: check every request field before any model work, and decode the references.
+"""Stage 1 of a prediction (model/serving/service.py): check every request field before any
+model work, and decode the references.
 
 Each failure is an InputError naming the field, the value and the rule. Pure: no torch.
 """
@@ -23,7 +24,6 @@ from model.contract.tables import (
     SEED_RANGE,
     TAG_PATTERN,
     TAG_RULE,
-    output_size,
 )
 
 _TAG_RE = re.compile(TAG_PATTERN)
@@ -58,10 +58,13 @@ class ValidRequest:
     prompt: ParsedPrompt
     resolution: str
     aspect_ratio: str
-    width: int
-    height: int
     references: tuple[Reference, ...]
     seed: int | None
+
+    @property
+    def entry(self) -> tuple[str, str]:
+        """The ratio table's entry: (resolution, aspect_ratio)."""
+        return self.resolution, self.aspect_ratio
 
 
 def _check_choice(field: str, value: str, allowed: Sequence[str]) -> None:
@@ -127,13 +130,10 @@ def validate_request(request: Request, decoded: LRUCache[Image.Image] | None = N
         Reference(index=i, tag=tag, image=image, source=source_of(item))
         for i, (item, tag, image) in enumerate(zip(request.reference_images, tags, images, strict=True))
     )
-    width, height = output_size(request.resolution, request.aspect_ratio)
     return ValidRequest(
         prompt=parse_prompt(request.prompt),
         resolution=request.resolution,
         aspect_ratio=request.aspect_ratio,
-        width=width,
-        height=height,
         references=references,
         seed=request.seed,
     )

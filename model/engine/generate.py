@@ -1,4 +1,5 @@
-"""Stage 4b: run SDXL with the encoded text and references, following the size's plan.
+"""Stage 5 of a prediction (model/serving/service.py): run SDXL with the encoded text and
+references, following the size's plan.
 
 Base pass at about 1 MP with the target's aspect ratio, then the exact size: an img2img refine
 pass (upscaled base, same text, same references, same tag masks) when the target is larger, a
@@ -32,24 +33,31 @@ StepCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class GenerationConfig:
+    """How a server generates, the same for every request: built once from its settings."""
+
+    steps: int  # of the base pass
+    guidance: float  # classifier-free guidance; 1.0 or less: none (turbo)
+    ip_adapter_scale: float
+    refine_strength: float
+    vae_tiling: VaeTiling
+    region: RegionConfig = field(default_factory=RegionConfig)
+
+
+@dataclass(frozen=True)
 class GenerationInputs:
-    """Everything one generation needs, already validated."""
+    """One request's generation: its own parts, already validated, and the server's config."""
 
     text: TextEmbeds  # the prompt with @tags rewritten to their words, encoded
     plan: Plan
     seed: int
     references: Encoded
     bindings: list[Binding]  # one per reference, in request order
-    region_config: RegionConfig
-    steps: int
-    guidance: float
-    ip_adapter_scale: float
-    refine_strength: float
-    vae_tiling: VaeTiling
+    config: GenerationConfig
 
     @property
     def total_steps(self) -> int:
-        return self.plan.total_steps(self.steps, self.refine_strength)
+        return self.plan.total_steps(self.config.steps, self.config.refine_strength)
 
 
 @dataclass
@@ -181,10 +189,11 @@ def generate(
     # 1. Shared pipeline state, set on every request so that no request inherits another's.
     #    Scale 0 with no reference: the adapter is then skipped entirely (the region state still
     #    goes with the call: with no reference it only keeps each layer's text keys and values).
+    config = inputs.config
     has_references = inputs.references.positive.shape[0] > 0
-    pipe.set_ip_adapter_scale(inputs.ip_adapter_scale if has_references else 0.0)
-    set_vae_tiling(pipe.vae, inputs.vae_tiling == VaeTiling.ALWAYS)
-    embeds = [inputs.references.ip_adapter_embeds(inputs.guidance > 1.0).to(runtime.device, runtime.dtype)]
+    pipe.set_ip_adapter_scale(config.ip_adapter_scale if has_references else 0.0)
+    set_vae_tiling(pipe.vae, config.vae_tiling == VaeTiling.ALWAYS)
+    embeds = [inputs.references.ip_adapter_embeds(config.guidance > 1.0).to(runtime.device, runtime.dtype)]
     total = inputs.total_steps
     done = 0
 
@@ -202,7 +211,7 @@ def generate(
         return {
             **inputs.text.as_kwargs(),
             "num_inference_steps": steps,
-            "guidance_scale": inputs.guidance,
+            "guidance_scale": config.guidance,
             "ip_adapter_image_embeds": embeds,
             "generator": generator,
             "callback_on_step_end": step_end,
@@ -218,14 +227,14 @@ def generate(
     # 2. Base pass near 1 MP. Micro-conditioning says what it is: an image of the base size.
     (bw, bh), (tw, th) = plan.base, plan.target
     base_region = RegionState(
-        bindings=inputs.bindings, config=inputs.region_config, steps=inputs.steps, latent_hw=(bh // scale, bw // scale)
+        bindings=inputs.bindings, config=config.region, steps=config.steps, latent_hw=(bh // scale, bw // scale)
     )
     with clock.stage("base denoise"):
         latents = pipe(
-            width=bw, height=bh, original_size=(bh, bw), target_size=(bh, bw), **pass_kwargs(base_region, inputs.steps)
+            width=bw, height=bh, original_size=(bh, bw), target_size=(bh, bw), **pass_kwargs(base_region, config.steps)
         ).images
     with clock.stage("vae decode"):
-        pixels, tiled = decode_pixels(pipe.vae, latents, inputs.vae_tiling)
+        pixels, tiled = decode_pixels(pipe.vae, latents, config.vae_tiling)
     if not plan.refine:
         # 3a. Smaller target: a high-quality downscale of the 8-bit image is all it needs.
         with clock.stage("resize"):
@@ -238,18 +247,18 @@ def generate(
         upscale_on_device = runtime.device.type == "cuda"
     with clock.stage("resize"):
         upscaled = upscale(pipe.image_processor, pixels, plan.target, upscale_on_device)
-    steps = refine_steps(inputs.steps, inputs.refine_strength)
+    steps = refine_steps(config.steps, config.refine_strength)
     refine_region = RegionState.carried(base_region, latent_hw=(th // scale, tw // scale), steps=steps)
     with clock.stage("refine"):
         latents = refiner(
             image=upscaled,
-            strength=inputs.refine_strength,
+            strength=config.refine_strength,
             original_size=(th, tw),
             target_size=(th, tw),
-            **pass_kwargs(refine_region, img2img_steps(inputs.steps, inputs.refine_strength)),
+            **pass_kwargs(refine_region, img2img_steps(config.steps, config.refine_strength)),
         ).images
     with clock.stage("vae decode"):
-        image, tiled_refine = decode(pipe.vae, pipe.image_processor, latents, inputs.vae_tiling)
+        image, tiled_refine = decode(pipe.vae, pipe.image_processor, latents, config.vae_tiling)
     if image.size != plan.target:
         raise RuntimeError(f"generated {image.size}, expected {plan.target}")
     return Generation(image=image, regions=[base_region, refine_region], tiled_decode=tiled or tiled_refine)

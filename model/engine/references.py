@@ -1,4 +1,5 @@
-"""Stage 3: encode reference images for IP-Adapter Plus, with a bounded LRU cache.
+"""Stage 3 of a prediction (model/serving/service.py): encode reference images for IP-Adapter
+Plus, with a bounded LRU cache.
 
 A repeated reference (same decoded pixels, same encoder) never runs the image encoder again; the
 negative (unconditional) embedding is computed once per encoder.

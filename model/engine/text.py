@@ -1,4 +1,5 @@
-"""Stage 4a: the prompt's SDXL text embeddings (both encoders), cached by prompt text.
+"""Stage 4 of a prediction (model/serving/service.py): the prompt's SDXL text embeddings (both
+encoders), cached by prompt text.
 
 Encoded once per request and shared by the base and refine passes; a repeated prompt skips both
 text encoders. A prompt longer than one 77-token window is read in several (model/engine/tokens.py): the
@@ -14,7 +15,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from model.contract.cache import LRUCache
-from model.engine.tokens import window_ids
+from model.engine.tokens import Layout, layout
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,14 @@ class TextEncoder:
         self.encoder_calls = 0  # prompts run through the encoders, for tests and benchmarks
 
     @torch.inference_mode()
-    def encode(self, prompt: str) -> TextEmbeds:
-        """Embeddings of `prompt` (negative: SDXL's zeros for an empty prompt), cached."""
+    def encode(self, prompt: str, read: Layout | None = None) -> TextEmbeds:
+        """Embeddings of `prompt` (negative: SDXL's zeros for an empty prompt), cached. `read` is
+        the prompt's layout when the caller has it (model/engine/tokens.py: PromptTokens)."""
         cached = self.cache.get(prompt)
         if cached is not None:
             return cached
         self.encoder_calls += 1
-        embeds, pooled = self._windows(prompt)
+        embeds, pooled = self._windows(prompt, read)
         # Always with the negative half: guidance is a server setting, and zeros cost nothing.
         if self.pipe.config.force_zeros_for_empty_prompt:  # SDXL base: zeros for no negative prompt
             negative, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
@@ -56,14 +58,15 @@ class TextEncoder:
         self.cache.put(prompt, result)
         return result
 
-    def _windows(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _windows(self, text: str, read: Layout | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """[1, 77 x windows, 2048] penultimate hidden states of both encoders side by side, and the
         [1, 1280] pooled projection of the second encoder's first window; as diffusers'
         encode_prompt computes them for a prompt of one window."""
         pipe = self.pipe
+        read = read or layout(pipe.tokenizer, text)  # one layout for both tokenizers (PromptTokens)
         hidden, pooled = [], None
         for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-            ids = torch.tensor(window_ids(tokenizer, text), device=pipe.device)  # [windows, 77]
+            ids = torch.tensor(read.rows(tokenizer), device=pipe.device)  # [windows, 77]
             out = encoder(ids, output_hidden_states=True)
             if pooled is None and out[0].ndim == 2:  # the encoder with a projection: its text_embeds
                 pooled = out[0][:1]

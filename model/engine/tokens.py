@@ -99,10 +99,13 @@ def window_ids(tokenizer: Tokenizer, text: str) -> list[list[int]]:
     return layout(tokenizer, text).rows(tokenizer)
 
 
-def mention_positions(parsed: ParsedPrompt, tokenizer: Tokenizer) -> dict[str, tuple[int, ...]]:
+def mention_positions(
+    parsed: ParsedPrompt, tokenizer: Tokenizer, read: Layout | None = None
+) -> dict[str, tuple[int, ...]]:
     """For each mentioned tag, the sequence positions of all its mentions' tokens; tokens past
-    what the encoders read are dropped, as the encoders never see them."""
-    read = layout(tokenizer, parsed.text)
+    what the encoders read (`read`: the text's layout, computed here if not given) are dropped, as
+    the encoders never see them."""
+    read = read or layout(tokenizer, parsed.text)
     positions: dict[str, list[int]] = {}
     for mention in parsed.mentions:
         first = len(text_ids(tokenizer, parsed.text[: mention.start]))
@@ -110,3 +113,24 @@ def mention_positions(parsed: ParsedPrompt, tokenizer: Tokenizer) -> dict[str, t
         found = (read.position(t) for t in range(first, stop))
         positions.setdefault(mention.tag, []).extend(p for p in found if p is not None)
     return {tag: tuple(p) for tag, p in positions.items() if p}
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A prompt as SDXL's text encoders read it: its layout and each mention's positions, computed
+    once per request. Both SDXL tokenizers share CLIP's vocabulary and window length and differ
+    only in padding, so one layout serves both (each adds its own start, end and pad ids)."""
+
+    layout: Layout
+    positions: dict[str, tuple[int, ...]]
+
+    @property
+    def unread(self) -> int:
+        """Tokens past the last window, which the encoders do not read."""
+        return len(self.layout.ids) - self.layout.read
+
+
+def read_prompt(parsed: ParsedPrompt, tokenizer: Tokenizer) -> PromptTokens:
+    """How the text encoders read `parsed`: its layout and its mentions' positions."""
+    read = layout(tokenizer, parsed.text)
+    return PromptTokens(layout=read, positions=mention_positions(parsed, tokenizer, read))

@@ -1,4 +1,5 @@
-"""Stage 5: write the image to a file whose name no other prediction shares."""
+"""Stage 6 of a prediction (model/serving/service.py): write the image to a file whose name no
+other prediction shares."""
 
 from __future__ import annotations
 

@@ -22,18 +22,18 @@ from typing import TypeVar
 
 from model.contract.request import Request
 from model.serving.logs import say
-from model.serving.service import Generator
+from model.serving.service import ImageService
 from model.serving.warmup import IdleWarmup, WarmupJob
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class GenerationQueue:
-    """FIFO access to one Generator from many concurrent async predictions."""
+class PredictionQueue:
+    """FIFO access to one ImageService from many concurrent async predictions."""
 
-    def __init__(self, generator: Generator, state_file: Path | None = None) -> None:
-        self.generator = generator
+    def __init__(self, service: ImageService, state_file: Path | None = None) -> None:
+        self.service = service
         # Predictions admitted and not finished, published for scripts/drain.py (the pod's
         # preStop hook), which waits for zero before asking Cog to shut down.
         self.in_flight = 0
@@ -47,18 +47,18 @@ class GenerationQueue:
         # Generations that capture the CUDA graphs of likely shapes while no prediction is in
         # flight; a prediction's arrival stops them within one step (model/serving/warmup.py).
         self.warmup = IdleWarmup(
-            generator.idle_warmup, self._warm, self._gpu, busy=lambda: self.in_flight > 0, report=say
+            service.idle_warmup, self._warm, self._gpu, busy=lambda: self.in_flight > 0, report=say
         )
-        if generator.idle_warmup:
-            entries = sorted({f"{job.plan.target[0]}x{job.plan.target[1]}" for job in generator.idle_warmup})
+        if service.idle_warmup:
+            entries = sorted({f"{job.plan.target[0]}x{job.plan.target[1]}" for job in service.idle_warmup})
             say(
-                f"Warming up {', '.join(entries)} with 0 to {max(j.references for j in generator.idle_warmup)} "
-                f"references while idle, from now on ({len(generator.idle_warmup)} generations)"
+                f"Warming up {', '.join(entries)} with 0 to {max(j.references for j in service.idle_warmup)} "
+                f"references while idle, from now on ({len(service.idle_warmup)} generations)"
             )
         self.warmup.poke()
 
     def _warm(self, job: WarmupJob, stop: Callable[[], bool]) -> bool:
-        return self.generator.warm_up([job], self.generator.idle_warmup_steps, stop) == 1
+        return self.service.warm_up([job], self.service.idle_warmup_steps, stop) == 1
 
     async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
         # A copy of the context: Cog routes each prediction's log lines by a ContextVar.
@@ -69,7 +69,7 @@ class GenerationQueue:
         if self.state_file is None:
             return
         tmp = self.state_file.with_suffix(".tmp")
-        state = {"in_flight": self.in_flight, "pid": os.getpid(), "time": time.time(), **self.generator.stats()}
+        state = {"in_flight": self.in_flight, "pid": os.getpid(), "time": time.time(), **self.service.stats()}
         tmp.write_text(json.dumps(state))
         tmp.replace(self.state_file)  # atomic: a reader never sees half a file
 
@@ -88,13 +88,14 @@ class GenerationQueue:
     async def _predict(self, request: Request) -> Path:
         if self._turn is None:
             self._turn = asyncio.Lock()  # asyncio.Lock wakes its waiters first in, first out
-        # 1. Take a place in line on arrival, then validate while waiting: a bad request fails at
-        #    once, and the order is the order of arrival, however long each validation takes.
+        # Stages 1 and 2 (model/serving/service.py): take a place in line on arrival, then validate
+        # while waiting: a bad request fails at once, and the order is the order of arrival,
+        # however long each validation takes.
         ahead = self.waiting + (1 if self._turn.locked() else 0)
         self.waiting += 1
         turn = asyncio.ensure_future(self._turn.acquire())
         try:
-            valid = await self._in_thread(self._cpu, self.generator.validate, request)
+            valid = await self._in_thread(self._cpu, self.service.validate, request)
             if ahead:
                 say(f"Waiting for the GPU: {ahead} prediction(s) ahead")
             await asyncio.shield(turn)
@@ -103,11 +104,11 @@ class GenerationQueue:
             raise
         finally:
             self.waiting -= 1
-        # 2. Generate on the GPU thread; a cancel stops it between two steps and waits for that,
-        #    so that the next prediction starts on a free GPU.
+        # Stages 3 to 6 on the GPU thread; a cancel stops them between two steps and waits for
+        # that, so that the next prediction starts on a free GPU.
         stop = threading.Event()
         try:
-            future = asyncio.ensure_future(self._in_thread(self._gpu, self.generator.run, valid, stop.is_set))
+            future = asyncio.ensure_future(self._in_thread(self._gpu, self.service.run, valid, stop.is_set))
             try:
                 return await asyncio.shield(future)
             except asyncio.CancelledError:

@@ -1,51 +1,43 @@
-"""The one entry point predict.py calls: a request in, an image file out.
+"""The loaded model's per-request path: a validated request in, an image file out.
 
-request -> validated request -> @tag parsing -> reference encoding (cached) -> generation -> file.
-User-facing progress goes to stdout on purpose: Cog puts it in the prediction's logs, where
-Replicate's model shows the same lines.
+A prediction's stages, numbered once for the whole server:
+1. validate the fields and decode the references (model/contract/request.py; while queued),
+2. wait for the GPU, first in first out (model/serving/queue.py),
+3. encode the references, cached (model/engine/references.py),
+4. read the prompt: bind each reference to its @tag's tokens and encode the text, cached
+   (model/engine/tokens.py, placement/binding.py, text.py),
+5. denoise and decode, following the size's plan (model/engine/generate.py),
+6. write the output file (model/serving/output.py).
+Stages 3 to 6 run here. `build_service` (model/serving/setup.py) loads the model at setup.
 """
 
 from __future__ import annotations
 
 import gc
-import logging
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from model.contract.cache import LRUCache
-from model.contract.images import image_bytes
-from model.contract.prompt import parse_prompt
+from model.contract.prompt import ParsedPrompt, parse_prompt
 from model.contract.request import Request, ValidRequest, validate_request
-from model.engine.generate import Generation, GenerationInputs, Stopwatch, generate
-from model.engine.graphs import UNetGraphs, install_unet_graphs
-from model.engine.pipeline import (
-    MissingWeightsError,
-    Runtime,
-    compile_blocks,
-    img2img_from,
-    load_pipeline,
-    pick_runtime,
-)
-from model.engine.placement.binding import Binding, Kind, RegionConfig, bind_references
-from model.engine.placement.processors import install_processors
-from model.engine.plan import PLANS, Plan, plan_for
+from model.engine.generate import Generation, GenerationConfig, GenerationInputs, Stopwatch, generate
+from model.engine.graphs import UNetGraphs
+from model.engine.pipeline import Runtime, SDXLImg2ImgPipeline, SDXLPipeline
+from model.engine.placement.binding import Binding, Kind, bind_references
+from model.engine.plan import Plan, plan_for
 from model.engine.references import Encoded, ReferenceEncoder
 from model.engine.text import TextEmbeds, TextEncoder
-from model.engine.tokens import layout, mention_positions
-from model.engine.weights import missing_repos, weights_label
-from model.serving.download import download_missing
+from model.engine.tokens import PromptTokens, read_prompt
 from model.serving.logs import say
-from model.serving.output import OutputWriter, make_masks_dir, write_mask_image
-from model.serving.settings import Settings, settings_from_env
-from model.serving.warmup import WarmupJob, warmup_jobs, warmup_steps
-
-log = logging.getLogger(__name__)
-
+from model.serving.output import OutputWriter, write_mask_image
+from model.serving.settings import Settings
+from model.serving.warmup import WarmupJob
 
 StopCheck = Callable[[], bool]
 # The warm-up's reference: what it looks like does not matter, only how many there are.
@@ -86,75 +78,121 @@ class Progress:
             say(f"{percent}%")
 
 
-class Generator:
-    """The loaded model and its caches; one per server process."""
+@dataclass(frozen=True)
+class Prepared:
+    """One generation's request-side parts, each computed once: the plan, how the text encoders
+    read the prompt, and where each reference applies."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.runtime: Runtime = pick_runtime(settings.device, settings.dtype)
-        if settings.download_weights and missing_repos(settings.weights_dir, settings.turbo):
-            say(f"Weights missing in {settings.weights_dir}: downloading them (mount it as a volume to keep them)")
-            try:
-                download_missing(settings.weights_dir, say=say, turbo=settings.turbo)
-            except Exception as exc:  # the hub's many failure types: say what to do instead
-                raise MissingWeightsError(
-                    f"could not download the weights into {settings.weights_dir} ({type(exc).__name__}: {exc}); "
-                    "run scripts/download_weights.py where the Hugging Face hub is reachable and mount the folder"
-                ) from exc
+    plan: Plan
+    prompt: ParsedPrompt
+    tokens: PromptTokens
+    bindings: list[Binding]
+
+
+@dataclass
+class ImageService:
+    """The loaded model, its caches and the server's generation config: one per server process.
+    Built by `model.serving.setup.build_service`; `validate` and `run` serve each request."""
+
+    settings: Settings
+    runtime: Runtime
+    pipe: SDXLPipeline
+    refiner: SDXLImg2ImgPipeline  # the same modules as `pipe`, as img2img
+    text: TextEncoder
+    encoder: ReferenceEncoder
+    decoded: LRUCache[Image.Image] | None  # decoded references by their file's bytes
+    config: GenerationConfig
+    output: OutputWriter
+    graphs: UNetGraphs | None = None
+    # Generated while the server is idle (model/serving/warmup.py), at this many steps.
+    idle_warmup: list[WarmupJob] = field(default_factory=list)
+    idle_warmup_steps: int = 0
+    compile_s: float | None = None  # GEN4_COMPILE's compile and warm-up at setup
+    last_timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, latest prediction
+
+    def predict(self, request: Request, should_stop: StopCheck | None = None) -> Path:
+        """Run one request end to end and return the output file."""
+        return self.run(self.validate(request), should_stop)
+
+    def validate(self, request: Request) -> ValidRequest:
+        """Stage 1: every check, references decoded, before any model work (no GPU: runs while
+        queued)."""
+        return validate_request(request, self.decoded)
+
+    def prepare(self, prompt: ParsedPrompt, tags: list[str | None], plan: Plan) -> Prepared:
+        """How the encoders read the prompt, and where each reference (by its tag) applies."""
+        tokens = read_prompt(prompt, self.pipe.tokenizer)
+        return Prepared(plan, prompt, tokens, bind_references(tags, prompt, tokens.positions))
+
+    def run(self, valid: ValidRequest, should_stop: StopCheck | None = None) -> Path:
+        """Stages 3 to 6 for a validated request. `should_stop` is checked after every denoising
+        step: when it says so, the prediction ends with Canceled within one step."""
+        seed = valid.seed if valid.seed is not None else secrets.randbelow(2**32)
+        prepared = self.prepare(valid.prompt, [r.tag for r in valid.references], plan_for(*valid.entry))
+        width, height = prepared.plan.target
+        say(f"Using seed: {seed}")
+        tags = [r.tag for r in valid.references if r.tag]
+        if tags:
+            say(f"Using reference tags: {', '.join(tags)}")
+        say(f"Generating image with ratio {width}:{height} ({valid.aspect_ratio} at {valid.resolution} resolution)")
+        say(prepared.plan.describe())
         started = time.perf_counter()
-        self.pipe = load_pipeline(settings.weights_dir, self.runtime, turbo=settings.turbo)
-        self.refiner = img2img_from(self.pipe)
-        self.text = TextEncoder(self.pipe)
-        self.encoder = ReferenceEncoder(
-            self.pipe.image_encoder,
-            self.pipe.feature_extractor,
-            identity=f"{settings.weights_dir.resolve()}:{self.runtime.dtype}",
-            capacity=settings.reference_cache_size,
-        )
-        self.encoder.negative()  # computed once, at setup
-        # Decoded references by their file's bytes, so that a repeated file skips decoding.
-        self.decoded: LRUCache[Image.Image] | None = (
-            LRUCache(settings.decoded_cache_mb * 2**20, weigh=image_bytes) if settings.decoded_cache_mb else None
-        )
-        self.region_config = RegionConfig()
-        install_processors(self.pipe.unet, self.region_config, fuse_self_attention=settings.fuse_qkv)
-        # After the processors: a graph records the kernels of the processors installed now.
-        self.graphs: UNetGraphs | None = None
-        if settings.cuda_graphs and not settings.compile and self.runtime.device.type == "cuda":
-            self.graphs = install_unet_graphs(self.pipe.unet)
-        # Generated while the server is idle (model/serving/warmup.py): after the graphs, which it fills.
-        self.idle_warmup = warmup_jobs(settings.warmup_entries(graphs=self.graphs is not None))
-        self.idle_warmup_steps = warmup_steps(settings.effective_steps, self.region_config.warmup_fraction)
-        self.output = OutputWriter(settings.output_format)
-        if settings.masks_dir is not None:
-            make_masks_dir(settings.masks_dir)  # at setup: a bad folder fails here, not in a request
-        self.last_timings: dict[str, float] = {}  # seconds per stage of the latest prediction
-        self.compile_s: float | None = None
-        if settings.compile:
-            blocks = compile_blocks(self.pipe.unet, self.pipe.vae)
-            compiling = time.perf_counter()
-            self.warm_up([WarmupJob(plan, 1, 1) for plan in dict.fromkeys(PLANS.values())], steps=2)
-            self.compile_s = time.perf_counter() - compiling
-            say(f"Compiled {blocks} UNet and VAE blocks; every output size warmed up in {self.compile_s:.1f}sec")
-        label = weights_label(settings.weights_dir)
-        kind = "real weights" if label == "real" else f"{label.upper()} weights (stand-ins: images are noise)"
-        if settings.turbo:
-            kind += ", TURBO (SDXL-Lightning 4-step LoRA, no CFG)"
-        say(
-            f"Loaded SDXL + IP-Adapter Plus with {kind} from {settings.weights_dir} on "
-            f"{self.runtime.device} in {time.perf_counter() - started:.1f}sec"
-        )
+        clock = Stopwatch(self.runtime.device)
+        try:
+            generation = self._generate(valid, prepared, seed, clock, should_stop)
+        except Canceled:
+            self.release_memory()
+            raise
+        except torch.OutOfMemoryError as exc:
+            # Give the memory back so that the next request can run, and say what happened.
+            self.release_memory()
+            raise RuntimeError(
+                f"out of GPU memory while generating {width}x{height} "
+                f"with {len(valid.references)} reference(s); the server is still ready ({exc})"
+            ) from None
+        # 6. Write the output (and, when asked, the tag masks).
+        with clock.stage("write output"):
+            path = self.output.write(generation.image, seed)
+            if self.settings.writes_masks:
+                self._write_masks(generation, path)
+        self.last_timings = clock.seconds
+        say(f"Generated image in {time.perf_counter() - started:.1f}sec")
+        return path
+
+    def _generate(
+        self, valid: ValidRequest, prepared: Prepared, seed: int, clock: Stopwatch, should_stop: StopCheck | None
+    ) -> Generation:
+        # 3. Encode the references (cached).
+        with clock.stage("reference encoding"):
+            encoded = self.encoder.encode([r.image for r in valid.references])
+        if valid.references:
+            say(f"Reference encodings: {encoded.hits} cached, {encoded.misses} encoded")
+        # 4. Read the prompt (bindings made in `prepare`), and encode the text (cached).
+        self._say_unread(prepared)
+        with clock.stage("text encoding"):
+            text = self.text.encode(prepared.prompt.text, prepared.tokens.layout)
+        # 5. Denoise and decode, following the size's plan.
+        say("Generating...")
+        inputs = self._inputs(prepared, seed, encoded, text)
+        generation = generate(self.pipe, self.refiner, inputs, self.runtime, clock, Progress(should_stop))
+        if generation.tiled_decode:
+            say("VAE decode ran out of memory whole; decoded in tiles instead")
+        shares = generation.regions[-1].shares()
+        for binding in prepared.bindings:
+            if binding.tag and binding.kind is not Kind.GLOBAL and binding.index in shares:
+                say(f"@{binding.tag} covers {shares[binding.index]:.0%} of the image ({binding.kind})")
+        return generation
 
     def warm_up(self, jobs: list[WarmupJob], steps: int, should_stop: StopCheck | None = None) -> int:
         """Generate each job once (no output file, no prediction logs), so that what is compiled or
         captured on first use meets those shapes now rather than in a user's request. Returns how
         many jobs ran to their end: fewer when `should_stop` said stop between two steps."""
+        config = GenerationConfig(**{**self.config.__dict__, "steps": steps})
         for done, job in enumerate(jobs):
-            prompt = parse_prompt(job.prompt)
-            positions = mention_positions(prompt, self.pipe.tokenizer)
+            prepared = self.prepare(parse_prompt(job.prompt), job.tags, job.plan)
             references = self.encoder.encode([WARMUP_IMAGE] * job.references)
-            bindings = bind_references(job.tags, prompt, positions)
-            inputs = self._inputs(self.text.encode(prompt.text), job.plan, 0, references, bindings, steps)
+            text = self.text.encode(prepared.prompt.text, prepared.tokens.layout)
+            inputs = self._inputs(prepared, 0, references, text, config)
             try:
                 clock = Stopwatch(self.runtime.device)
                 generate(self.pipe, self.refiner, inputs, self.runtime, clock, on_step=stop_on(should_stop))
@@ -167,108 +205,33 @@ class Generator:
                 raise
         return len(jobs)
 
-    @classmethod
-    def from_env(cls) -> Generator:
-        return cls(settings_from_env())
-
-    def predict(self, request: Request, should_stop: StopCheck | None = None) -> Path:
-        """Run one request end to end and return the output file."""
-        return self.run(self.validate(request), should_stop)
-
-    def validate(self, request: Request) -> ValidRequest:
-        """Every check, references decoded, before any model work (no GPU: runs while queued)."""
-        return validate_request(request, self.decoded)
-
-    def run(self, valid: ValidRequest, should_stop: StopCheck | None = None) -> Path:
-        """Generate a validated request. `should_stop` is checked after every denoising step:
-        when it says so, the prediction ends with Canceled within one step."""
-        seed = valid.seed if valid.seed is not None else secrets.randbelow(2**32)
-        plan = plan_for(valid.resolution, valid.aspect_ratio)
-        say(f"Using seed: {seed}")
-        tags = [r.tag for r in valid.references if r.tag]
-        if tags:
-            say(f"Using reference tags: {', '.join(tags)}")
-        say(
-            f"Generating image with ratio {valid.width}:{valid.height} "
-            f"({valid.aspect_ratio} at {valid.resolution} resolution)"
-        )
-        say(plan.describe())
-        started = time.perf_counter()
-        clock = Stopwatch(self.runtime.device)
-        try:
-            generation = self._generate(valid, plan, seed, clock, should_stop)
-        except Canceled:
-            self.release_memory()
-            raise
-        except torch.OutOfMemoryError as exc:
-            # Give the memory back so that the next request can run, and say what happened.
-            self.release_memory()
-            raise RuntimeError(
-                f"out of GPU memory while generating {valid.width}x{valid.height} "
-                f"with {len(valid.references)} reference(s); the server is still ready ({exc})"
-            ) from None
-        with clock.stage("write output"):
-            path = self.output.write(generation.image, seed)
-            if self.settings.writes_masks:
-                self._write_masks(generation, path)
-        self.last_timings = clock.seconds
-        say(f"Generated image in {time.perf_counter() - started:.1f}sec")
-        return path
-
-    def _generate(
-        self, valid: ValidRequest, plan: Plan, seed: int, clock: Stopwatch, should_stop: StopCheck | None
-    ) -> Generation:
-        # 2. Encode the references (cached).
-        with clock.stage("reference encoding"):
-            encoded = self.encoder.encode([r.image for r in valid.references])
-        if valid.references:
-            say(f"Reference encodings: {encoded.hits} cached, {encoded.misses} encoded")
-        # 3. Bind each reference to its @tag's tokens (the same positions in both SDXL tokenizers,
-        #    which share CLIP's vocabulary and differ only in padding), and encode the text (cached).
-        positions = mention_positions(valid.prompt, self.pipe.tokenizer)
-        bindings = bind_references([r.tag for r in valid.references], valid.prompt, positions)
-        self._say_unread(valid, positions)
-        with clock.stage("text encoding"):
-            text = self.text.encode(valid.prompt.text)
-        # 4. Denoise and decode, following the size's plan.
-        say("Generating...")
-        inputs = self._inputs(text, plan, seed, encoded, bindings, self.settings.effective_steps)
-        generation = generate(self.pipe, self.refiner, inputs, self.runtime, clock, on_step=Progress(should_stop))
-        if generation.tiled_decode:
-            say("VAE decode ran out of memory whole; decoded in tiles instead")
-        shares = generation.regions[-1].shares()
-        for binding in bindings:
-            if binding.tag and binding.kind is not Kind.GLOBAL and binding.index in shares:
-                say(f"@{binding.tag} covers {shares[binding.index]:.0%} of the image ({binding.kind})")
-        return generation
-
-    def _say_unread(self, valid: ValidRequest, positions: dict[str, tuple[int, ...]]) -> None:
+    def _say_unread(self, prepared: Prepared) -> None:
         """Say what of a very long prompt the text encoders do not read, and which mentions that
         turns into references for the whole image."""
-        text = layout(self.pipe.tokenizer, valid.prompt.text)
-        if text.read == len(text.ids):
+        tokens = prepared.tokens
+        if not tokens.unread:
             return
-        say(f"Prompt is {len(text.ids)} tokens; the text encoders read the first {text.read}")
-        for tag in valid.prompt.mentioned_tags():
-            if tag not in positions:
+        say(f"Prompt is {len(tokens.layout.ids)} tokens; the text encoders read the first {tokens.layout.read}")
+        for tag in prepared.prompt.mentioned_tags():
+            if tag not in tokens.positions:
                 say(f"@{tag} is mentioned only after that, so its reference applies to the whole image")
 
     def _inputs(
-        self, text: TextEmbeds, plan: Plan, seed: int, references: Encoded, bindings: list[Binding], steps: int
+        self,
+        prepared: Prepared,
+        seed: int,
+        references: Encoded,
+        text: TextEmbeds,
+        config: GenerationConfig | None = None,
     ) -> GenerationInputs:
-        """One generation's inputs: the request's parts, and the rest from the server's settings."""
+        """One generation's inputs: the request's parts, and the server's config."""
         return GenerationInputs(
             text=text,
-            plan=plan,
+            plan=prepared.plan,
             seed=seed,
             references=references,
-            bindings=bindings,
-            region_config=self.region_config,
-            steps=steps,
-            guidance=self.settings.effective_guidance,
-            ip_adapter_scale=self.settings.ip_adapter_scale,
-            refine_strength=self.settings.refine_strength,
-            vae_tiling=self.settings.vae_tiling,
+            bindings=prepared.bindings,
+            config=config or self.config,
         )
 
     def _write_masks(self, generation: Generation, output: Path) -> None:

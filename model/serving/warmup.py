@@ -9,7 +9,7 @@ flight, the server generates the entries of GEN4_WARMUP with each layout of 0 to
 that arrives stops it at the next denoising step (a capture under way finishes first: about 0.5 s
 on the H100), and it goes on where it stopped when idle again.
 
-The jobs and their step count are planned here (pure: no torch); Generator.warm_up generates
+The jobs and their step count are planned here (pure: no torch); ImageService.warm_up generates
 them; the queue (model/serving/queue.py) says when the server is busy.
 """
 
