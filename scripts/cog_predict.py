@@ -40,7 +40,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from scripts.serve import CogServer, post_prediction  # noqa: E402
+from harness.server import CogServer, post_prediction  # noqa: E402
 
 log = logging.getLogger("cog_predict")
 SCHEMA = ROOT / ".cog" / "openapi_schema.json"

@@ -5,7 +5,7 @@
 tiny (default): miniature architectures for the tests; offline, a few seconds on a CPU.
 skeleton: tiny, except that the UNet has SDXL's full structure (every block and all 70 transformer
 layers) at tiny widths: it dispatches the full UNet's ops with almost no arithmetic, so that a
-CPU measures the host's work per step (scripts/host_overhead.py).
+CPU measures the host's work per step (scripts/lab/host_overhead.py).
 full: the published architectures (SDXL base UNet, both text encoders, the fp16-fix VAE, ViT-H/14
 and IP-Adapter Plus SDXL, SDXL-Lightning's rank-64 LoRA) with random values, about 9 GB in fp16:
 real GPU timings without any download. Build on the GPU with --device cuda (minutes on a CPU).

@@ -42,9 +42,9 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness.server import CogServer
 from model.contract.tables import ASPECT_RATIOS
 from scripts.run_sample import pick_weights
-from scripts.serve import CogServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_SIZE = 4

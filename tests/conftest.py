@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from harness.server import CogServer
 from model.engine.plan import PLANS, Plan
-from scripts.serve import CogServer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Servers under test reach nothing but 127.0.0.1: any other URL (a fuzzed webhook, a reference

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from model.contract.tables import REFERENCE_DECODE_SIDE
-from scripts.host_overhead import SAVINGS
+from scripts.lab.host_overhead import SAVINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,10 +79,10 @@ def test_a_run_stopped_midway_keeps_the_parts_it_finished(
 
 
 def test_injection_op_count(tiny_weights: Path, tmp_path: Path) -> None:
-    """scripts/count_injection_ops.py: per-step op counts for both variants; tag localization adds
+    """scripts/lab/count_injection_ops.py: per-step op counts for both variants; tag localization adds
     no host reads (on a GPU each would wait for the device)."""
     out = tmp_path / "ops.json"
-    command = [sys.executable, str(ROOT / "scripts" / "count_injection_ops.py"), "--steps", "4"]
+    command = [sys.executable, str(ROOT / "scripts" / "lab" / "count_injection_ops.py"), "--steps", "4"]
     command += ["--weights-dir", str(tiny_weights), "--size", "128x128", "--out", str(out)]
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     result = json.loads(out.read_text())
@@ -96,10 +96,10 @@ def test_injection_op_count(tiny_weights: Path, tmp_path: Path) -> None:
 
 
 def test_host_overhead_builds_the_skeleton_and_switches_each_saving_off(tmp_path: Path) -> None:
-    """scripts/host_overhead.py: skeleton weights (built here, offline), every variant (each saving
+    """scripts/lab/host_overhead.py: skeleton weights (built here, offline), every variant (each saving
     off in turn, all off) and their ratios, each consistent with the times it reports."""
     out = tmp_path / "host.json"
-    command = [sys.executable, str(ROOT / "scripts" / "host_overhead.py"), "--steps", "2", "--runs", "1"]
+    command = [sys.executable, str(ROOT / "scripts" / "lab" / "host_overhead.py"), "--steps", "2", "--runs", "1"]
     subprocess.run([*command, "--out", str(out)], check=True, capture_output=True, timeout=600)
     result = json.loads(out.read_text())
     assert result["arch"] == "skeleton" and result["threads"] == 1 and result["device"].startswith("CPU")
@@ -146,8 +146,9 @@ def test_the_warmed_server_part_waits_for_the_idle_warm_up_then_times_two_reques
     tiny_weights: Path, tmp_path: Path
 ) -> None:
     """On a CPU only with --server-warmed (it saves graph captures, which a CPU has none of)."""
+    from harness.images import reference_files
     from model.serving.warmup import warmup_jobs
-    from scripts.benchmark import bench_server_warmed, reference_files
+    from scripts.bench.server import bench_server_warmed
 
     warmed = bench_server_warmed(tiny_weights, 2, ("720p", "1:1"), reference_files(tmp_path))
     assert warmed["entry"] == "720p 1:1" and warmed["warmup_generations"] == len(warmup_jobs([("720p", "1:1")]))
@@ -157,7 +158,7 @@ def test_the_warmed_server_part_waits_for_the_idle_warm_up_then_times_two_reques
 
 def test_generator_seconds_reads_coglets_json_log() -> None:
     """Lines of other predictions, of no prediction and that are not JSON are passed over."""
-    from scripts.benchmark import generator_seconds
+    from scripts.bench.server import generator_seconds
 
     def line(stamp: str, message: str, prediction: str | None = "p1") -> str:
         fields = {"message": message} | ({"prediction_id": prediction} if prediction else {})
@@ -179,7 +180,7 @@ def test_generator_seconds_reads_coglets_json_log() -> None:
 def test_startup_phases_read_coglets_json_log() -> None:
     """The worker's import and Predictor.setup() from coglet's own lines; a phase whose end is
     missing (a server stopped during setup) is left out."""
-    from scripts.benchmark import startup_phases
+    from scripts.bench.server import startup_phases
 
     def line(stamp: str, message: str) -> str:
         return json.dumps({"timestamp": f"2026-11-23T00:00:{stamp}Z", "fields": {"message": message}})

@@ -14,8 +14,8 @@ import pytest
 import requests
 from PIL import Image
 
+from harness.server import CogServer, UploadReceiver, free_port
 from scripts.cog_predict import SCHEMA, UsageError, flag_inputs, input_properties, json_inputs, save_output
-from scripts.serve import CogServer, UploadReceiver, free_port
 from tests.conftest import OFFLINE_ENV, ROOT, png_bytes
 
 SCRIPT = ROOT / "scripts" / "cog_predict.py"

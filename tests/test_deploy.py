@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from scripts.serve import cog_environment, max_concurrency
+from harness.server import cog_environment, max_concurrency
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "deploy" / "kubernetes.yaml"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts.serve import CogServer
+from harness.server import CogServer
 from tests.conftest import OFFLINE_ENV
 from tests.test_server import WebhookReceiver, server_log, submit
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from scripts.serve import CogServer
+from harness.server import CogServer
 
 # Seconds of fuzzing: CI runs this bound; raise GEN4_FUZZ_SECONDS for a longer local run.
 FUZZ_SECONDS = int(os.environ.get("GEN4_FUZZ_SECONDS", "45"))

@@ -57,7 +57,7 @@ from model.engine.weights import (
 from model.serving.service import ImageService
 from model.serving.settings import Settings
 from model.serving.setup import build_service
-from scripts.host_overhead import device_looked_up, text_projected_every_step
+from scripts.lab.host_overhead import device_looked_up, text_projected_every_step
 from tests.conftest import png_bytes, small_plans
 
 

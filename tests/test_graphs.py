@@ -17,12 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
+from harness.injection import injection_runner
 from model.contract.request import Request
 from model.engine.graphs import StepFn, UNetGraphs, install_unet_graphs, rerun
 from model.serving.service import ImageService
 from model.serving.settings import Settings
 from model.serving.setup import build_service
-from scripts.benchmark import injection_runner
 from tests.conftest import png_bytes
 
 STEPS = 8  # warm-up is 2 steps: the base pass meets all three of its phases

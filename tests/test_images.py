@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.images import photo_like
 from model.contract import images
 from model.contract.cache import LRUCache
 from model.contract.errors import InputError
 from model.contract.images import check_source, decode_reference, decode_references, image_bytes
 from model.contract.tables import REFERENCE_DECODE_SIDE
 from model.engine.pipeline import clip_processor
-from scripts.benchmark import photo_like
 from tests.conftest import png_bytes
 from tests.samples import (
     animated_gif,

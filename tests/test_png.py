@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.images import photo_like
 from model.serving.output import OutputWriter, make_masks_dir
 from model.serving.png import PngEncoder, encode_png, paeth_rows
-from scripts.benchmark import photo_like
 
 
 def decoded(data: bytes) -> np.ndarray:

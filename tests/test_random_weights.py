@@ -74,7 +74,7 @@ def test_the_build_says_only_what_it_wrote(tiny_weights: Path) -> None:
 
 
 def test_skeleton_unet_has_the_full_unets_structure(full_unet: torch.nn.Module) -> None:
-    # What scripts/host_overhead.py relies on: the same modules, so the same calls per step.
+    # What scripts/lab/host_overhead.py relies on: the same modules, so the same calls per step.
     with building("meta", torch.float32):
         skeleton = make_unet(SKELETON)
 

@@ -9,6 +9,7 @@ import torch
 from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0, IPAdapterAttnProcessor2_0
 from transformers import CLIPTokenizer
 
+from harness.injection import OpCounter, injection_runner
 from model.contract.prompt import parse_prompt
 from model.engine.pipeline import load_pipeline, pick_runtime
 from model.engine.placement.binding import Binding, RegionConfig, bind_references
@@ -23,7 +24,6 @@ from model.engine.tokens import mention_positions, window_ids
 from model.engine.weights import SDXL_BASE
 from model.serving.settings import Settings
 from model.serving.setup import build_service
-from scripts.benchmark import OpCounter, injection_runner
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 
+from harness.images import photo_like
 from model.contract.prompt import parse_prompt
 from model.engine.generate import Stopwatch, generate, resample
 from model.engine.plan import PLANS, plan_for
 from model.engine.resize import cover_resize, lanczos_weights
 from model.serving.settings import Settings
 from model.serving.setup import build_service
-from scripts.benchmark import photo_like
 
 
 def test_each_output_pixel_weights_sum_to_one_within_three_source_pixels() -> None:

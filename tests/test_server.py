@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.server import CogServer, max_concurrency
 from model.contract.tables import OUTPUT_SIZES
 from scripts.drain import drain, in_flight
-from scripts.serve import CogServer, max_concurrency
 from tests.conftest import OFFLINE_ENV, data_uri, image_from_data_uri, png_bytes
 
 PROMPT = "a close up portrait of @woman and @man standing in @park, hands in pockets, looking cool."

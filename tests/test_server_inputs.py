@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from scripts.serve import CogServer
+from harness.server import CogServer
 from tests.conftest import data_uri, image_from_data_uri, png_bytes
 from tests.samples import (
     animated_gif,

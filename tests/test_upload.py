@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scripts.serve import CogServer, UploadReceiver
+from harness.server import CogServer, UploadReceiver
 from tests.conftest import OFFLINE_ENV
 
 

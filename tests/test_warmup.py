@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.server import CogServer
 from model.contract.prompt import parse_prompt
 from model.contract.request import Request
 from model.contract.tables import MAX_REFERENCES
@@ -28,7 +29,6 @@ from model.serving.service import ImageService
 from model.serving.settings import Settings
 from model.serving.setup import build_service
 from model.serving.warmup import IdleWarmup, WarmupJob, warmup_jobs, warmup_steps
-from scripts.serve import CogServer
 from tests.conftest import OFFLINE_ENV, png_bytes
 from tests.test_graphs import digest
 from tests.test_queue import SteppingGenerator

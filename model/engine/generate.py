@@ -160,8 +160,8 @@ def upscale(
     """The decoded base brought to cover `size` and cropped to it, for the refine pass: on the
     pixels' device ([1, 3, h, w] in [0, 1], which diffusers' img2img takes as is), or through
     Pillow. On a GPU the device saves the host's work (the 8-bit copy back, Pillow's Lanczos, and
-    img2img's conversion of the picture into a float tensor again: ~60 ms on this project's CPU);
-    on a CPU, Pillow's integer Lanczos is the faster (42 ms against 168 ms at 1440x1080 here)."""
+    img2img's conversion of the picture into a float tensor again); on a CPU, Pillow's integer
+    Lanczos is the faster (docs/performance.md)."""
     if on_device:
         return cover_resize(processor.postprocess(pixels[:1], output_type="pt"), size)
     return resample(to_pil(processor, pixels), size)

@@ -1,8 +1,8 @@
 """CUDA graphs of the UNet's step: each step's ~2,000 kernel launches replayed as one.
 
-On an H100 the denoising loop is bound by the host: a base step took 64 ms of wall time against
-about 48 ms of GPU work (docs/benchmarks/h100/NOTES.md), Python and kernel launches setting the
-pace. A CUDA graph records the kernels of one UNet call and replays them with a single launch.
+On an H100 the denoising loop is bound by the host: a base step's wall time exceeded its GPU work
+(docs/benchmarks/h100/NOTES.md), Python and kernel launches setting the pace. A CUDA graph
+records the kernels of one UNet call and replays them with a single launch.
 
 A graph replays the capture's kernels on the capture's memory, with every Python decision of the
 capture frozen. So:

@@ -92,8 +92,8 @@ class PinnedDevice:
     """A pipeline whose execution device is set once, where setup put the model.
 
     diffusers' `_execution_device` looks for offloading hooks in every module of every component
-    at each pipeline call: about 12 ms of host time per call on this project's CPU (skeleton
-    weights, SDXL's module structure), two calls per prediction. This project never offloads, so
+    at each pipeline call (milliseconds of host time with SDXL's module structure, twice per
+    prediction: docs/performance.md). This project never offloads, so
     the answer cannot change after setup. Unpinned (None), it is diffusers' own.
     """
 
@@ -109,8 +109,8 @@ class UNet(UNet2DConditionModel):
     """diffusers' SDXL UNet, whose IP-Adapter loading walks its modules once instead of 141 times.
 
     diffusers 0.42's `_convert_ip_adapter_attn_to_diffusers` reads `self.attn_processors` (a walk
-    over every module, 7 ms on this project's CPU at full size) once more for each of the 140
-    processors it builds: 1.0 s of a 2.5 to 2.9 s warm `load_pipeline` here. That conversion only
+    over every module) once more for each of the 140 processors it builds: a large part of a warm
+    `load_pipeline` (docs/performance.md). That conversion only
     builds new processors and changes none, so one snapshot taken before it answers every read.
     """
 
@@ -266,7 +266,7 @@ def _version(tensor: torch.Tensor) -> int:
 
 # diffusers' Attention.forward reads its processor's signature (inspect.signature) at every call, to
 # drop the keyword arguments the processor does not take: 141 times per SDXL UNet call. That is pure
-# host time, which a GPU run bound by its host pays in full (scripts/host_overhead.py measures it).
+# host time, which a GPU run bound by its host pays in full (scripts/lab/host_overhead.py measures it).
 QUIET_KWARGS = frozenset({"ip_adapter_masks", "ip_hidden_states"})  # diffusers' quiet_attn_parameters
 
 

@@ -1,9 +1,9 @@
 """Lanczos resampling on the image's device: the refine pass's upscale stays on the GPU.
 
 Pillow's Lanczos needs the decoded base on the host as 8-bit, and diffusers' img2img then turns
-the upscaled picture back into a float tensor on the host and copies it to the GPU: about 60 ms of
-host work per refined request on this project's CPU (resize 38 ms, preprocessing 25 ms). Here the
-same filter is two matrix products on the device.
+the upscaled picture back into a float tensor on the host and copies it to the GPU: tens of
+milliseconds of host work per refined request (docs/performance.md). Here the same filter is two
+matrix products on the device.
 
 Pillow's coefficients (libImaging/Resample.c, precompute_coeffs): output pixel `i` is centred at
 `(i + 0.5) * scale` in the source, the filter is stretched by `max(scale, 1)` when downscaling, and
@@ -38,8 +38,8 @@ def lanczos_weights(size_in: int, size_out: int, first: int = 0, count: int | No
 
 @functools.lru_cache(maxsize=32)  # 7 refined plans x 2 axes, per device
 def device_weights(size_in: int, size_out: int, first: int, count: int, device: torch.device) -> torch.Tensor:
-    """lanczos_weights in float32 on `device`, made once: building them takes ~70 ms of host time
-    for a 1440x1080 output on this project's CPU, more than the device's resize saves."""
+    """lanczos_weights in float32 on `device`, made once: building them costs the host more than
+    the device's resize saves."""
     return lanczos_weights(size_in, size_out, first, count).to(device, torch.float32)
 
 

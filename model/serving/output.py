@@ -18,9 +18,9 @@ from model.serving.png import PngEncoder
 # Mask colours, one per reference in request order (max 3 references; a 4th colour to spare).
 MASK_COLOURS: tuple[tuple[int, int, int], ...] = ((230, 60, 60), (60, 140, 230), (60, 190, 90), (230, 180, 40))
 
-# PNG goes through model/serving/png.py (deflate level 1 on every core: the write is on the request's path;
-# with Pillow, a 1440x1080 photo on the 2-core CI CPU took 126 ms and 2.43 MB at level 1, 259 ms and
-# 2.20 MB at level 4, 612 ms and 2.17 MB at level 6, Pillow's default).
+# PNG goes through model/serving/png.py: deflate level 1 on every core, since the write is on the
+# request's path, and higher levels cost several times the time for a few percent of size
+# (docs/performance.md).
 _SAVE_OPTIONS = {
     "jpg": ("JPEG", {"quality": 95}),
     "webp": ("WEBP", {"quality": 95}),

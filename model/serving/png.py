@@ -1,5 +1,5 @@
 """PNG encoding on every core: the output's write is on each request's path, and Pillow's encoder
-runs on one core (0.27 s of a 3.4 s prediction in the H100 run, where the host has 16).
+runs on one core (a noticeable share of a prediction on a GPU host: docs/performance.md).
 
 The image is cut into bands of rows. Each band is filtered and deflated in its own thread (numpy
 and zlib release the GIL), and the bands' deflate streams are joined into the one zlib stream a

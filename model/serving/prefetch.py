@@ -1,8 +1,8 @@
 """Read the weight files into the page cache while the server's worker imports torch and diffusers.
 
-On a cold start the ~9 GB of weights come from disk, and the seconds of imports before setup
+On a cold start the weights (gigabytes) come from disk, and the seconds of imports before setup
 leave the disk mostly idle. Reading the files in a thread meanwhile makes the load that follows
-read memory. Measured with scripts/cold_start.py (README, Performance). Pure: no torch.
+read memory. Measured with scripts/lab/cold_start.py (README, Performance). Pure: no torch.
 """
 
 from __future__ import annotations

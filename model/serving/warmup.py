@@ -1,13 +1,13 @@
 """Idle warm-up: a server's first request of a shape without its CUDA graph captures.
 
 A request's first use of a shape (size, reference count, number of subjects, whether any reference
-is global, phase) captures the UNet's CUDA graphs (model/engine/graphs.py): on the H100 the server's first
-1080p request after READY took 7.0 s, against 2.6 s after it. Capturing at setup would delay READY
-as much, for shapes that may never come. Instead, once setup ends and while no prediction is in
+is global, phase) captures the UNet's CUDA graphs (model/engine/graphs.py), which makes a server's
+first request of a shape several times slower than the next (docs/performance.md). Capturing at
+setup would delay READY as much, for shapes that may never come. Instead, once setup ends and while no prediction is in
 flight, the server generates the entries of GEN4_WARMUP with each layout of 0 to 3 references
 (mentioned as subjects and places, unmentioned: global, or both), on its GPU thread. A prediction
-that arrives stops it at the next denoising step (a capture under way finishes first: about 0.5 s
-on the H100), and it goes on where it stopped when idle again.
+that arrives stops it at the next denoising step (a capture under way finishes first), and it
+goes on where it stopped when idle again.
 
 The jobs and their step count are planned here (pure: no torch); ImageService.warm_up generates
 them; the queue (model/serving/queue.py) says when the server is busy.

@@ -43,7 +43,7 @@ class TagRegionAttnProcessor(IPAdapterAttnProcessor2_0):
         """A processor with the parent's configuration and (shared) IP weights."""
         # Built on the meta device: the parent's constructor makes and randomly initialises its
         # own key and value projections, 140 Linear layers on the host that the parent's replace
-        # at once (2 to 3 s of a server's setup on this project's CPU, measured).
+        # at once (seconds of a server's setup on a CPU).
         with torch.device("meta"):
             new = cls(parent.hidden_size, parent.cross_attention_dim, parent.num_tokens, parent.scale, anchor=anchor)
         new.to_k_ip, new.to_v_ip = parent.to_k_ip, parent.to_v_ip

@@ -8,7 +8,7 @@ worker does at setup; each mode once more with the cache warm. Modes, interleave
 - none: with GEN4_PREFETCH=0;
 - fadvise: GEN4_PREFETCH=0, and the kernel asked to read the files ahead (posix_fadvise WILLNEED).
 
-    python scripts/cold_start.py --weights-dir DIR [--runs 3] [--modes none,read,fadvise]
+    python scripts/lab/cold_start.py --weights-dir DIR [--runs 3] [--modes none,read,fadvise]
                                  [--device cpu] [--out FILE]
 """
 
@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 MODES = ("none", "read", "fadvise")
 

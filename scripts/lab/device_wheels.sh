@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Download, on this machine, the wheels the lent GPU machine lacks, into .whl/ (git-ignored), for
-# scripts/device_run.sh to install there. That machine has python 3.12, torch (CUDA),
+# scripts/lab/device_run.sh to install there. That machine has python 3.12, torch (CUDA),
 # transformers, peft, pillow, pytest and requests, and no network; see ../.library/device/README.md.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 # The project's pins (requirements.txt) and what they pull in that the device image does not hold.
 WHEELS=(diffusers==0.42.1 cog==0.23.1 coglet==0.23.1 open-clip-torch==3.3.0 structlog==26.1.0 importlib_metadata==10.2.0)

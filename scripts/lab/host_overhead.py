@@ -12,7 +12,7 @@ pipeline's execution device pinned at setup instead of looked up over every modu
 and attention without diffusers' identity steps (eval-mode dropout, division by 1).
 Only ratios carry over to another machine.
 
-    python scripts/host_overhead.py [--weights-dir DIR] [--steps 10] [--runs 7] [--size 64x64]
+    python scripts/lab/host_overhead.py [--weights-dir DIR] [--steps 10] [--runs 7] [--size 64x64]
                                     [--threads 1] [--out FILE]
 """
 
@@ -27,19 +27,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0  # noqa: E402
 
+from harness.injection import injection_runner  # noqa: E402
 from model.engine.pipeline import SDXLPipeline, attention_modules  # noqa: E402
 from model.engine.placement import processors as regions  # noqa: E402
 from model.engine.placement.state import RegionState  # noqa: E402
 from model.serving.service import ImageService  # noqa: E402
 from model.serving.settings import settings_from_env  # noqa: E402
 from model.serving.setup import build_service  # noqa: E402
-from scripts.benchmark import emit_json, injection_runner, interleaved, quiet, run_facts  # noqa: E402
+from scripts.bench.common import emit_json, interleaved, quiet, run_facts  # noqa: E402
 from scripts.make_random_weights import SKELETON, build  # noqa: E402
 
 log = logging.getLogger("host_overhead")

@@ -11,7 +11,7 @@
 #           a server with the idle warm-up (GEN4_WARMUP): its first request once warmed
 #   all     tests, then bench, in one call (the machine is let go 30 s after a call: one call
 #           spares a second start and the second install)
-# Usage there: bash scripts/device_run.sh JOB [benchmark.py options...]
+# Usage there: bash scripts/lab/device_run.sh JOB [benchmark.py options...]
 set -uo pipefail
 job=${1:?job: tests, bench, server, compile or all}
 shift
@@ -23,7 +23,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 # install): without it every process compiles diffusers, cog and this project from source again
 # where PYTHONDONTWRITEBYTECODE is set, which would count in setup and time-to-READY. On the
 # project's CPU machine that took `import predict` from 6.5-7.0 s to 7.8-9.2 s (3 runs each).
-python3 -m compileall -q -j 0 /tmp/site model scripts tests predict.py >/dev/null || exit 1
+python3 -m compileall -q -j 0 /tmp/site model harness scripts tests predict.py >/dev/null || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 nproc | tee -a "$OUT/gpu.txt"

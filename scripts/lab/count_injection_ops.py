@@ -2,7 +2,7 @@
 (3 references), on any weights: the host's share of the injection's cost, independent of the
 machine. Fast enough on a CPU even for the full-size architectures at a small size.
 
-    python scripts/count_injection_ops.py [--weights-dir DIR] [--steps 30] [--size 256x256] [--out FILE]
+    python scripts/lab/count_injection_ops.py [--weights-dir DIR] [--steps 30] [--size 256x256] [--out FILE]
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from harness.injection import count_injection_ops, injection_runner  # noqa: E402
 from model.serving.settings import settings_from_env  # noqa: E402
 from model.serving.setup import build_service  # noqa: E402
-from scripts.benchmark import count_injection_ops, emit_json, injection_runner, quiet, run_facts  # noqa: E402
+from scripts.bench.common import emit_json, quiet, run_facts  # noqa: E402
 
 
 def main() -> None:

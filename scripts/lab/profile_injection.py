@@ -4,7 +4,7 @@ wait for the device. Defaults: full-size random weights built on the GPU, 1152x8
 (output kept in docs/benchmarks/h100/). On a CPU, pass --weights-dir (random full-size weights
 from `scripts/make_random_weights.py --size full`) and a smaller --size.
 
-    python scripts/profile_injection.py [--weights-dir DIR] [--size 1152x864] [--steps 10]
+    python scripts/lab/profile_injection.py [--weights-dir DIR] [--size 1152x864] [--steps 10]
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from harness.injection import injection_runner  # noqa: E402
 from model.engine.weights import missing_repos  # noqa: E402
 from model.serving.settings import Settings  # noqa: E402
 from model.serving.setup import build_service  # noqa: E402
-from scripts.benchmark import build_random_weights, injection_runner  # noqa: E402
+from scripts.bench.common import build_random_weights  # noqa: E402
 
 
 def main() -> None:

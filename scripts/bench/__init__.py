@@ -1,0 +1,1 @@
+"""The benchmark's parts (scripts/benchmark.py runs them in one run)."""
