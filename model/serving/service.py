@@ -40,6 +40,7 @@ from model.engine.weights import missing_repos, weights_label
 from model.serving.download import download_missing
 from model.serving.logs import say
 from model.serving.output import OutputWriter, make_masks_dir, write_mask_image
+from model.serving.safety import SafetyChecker
 from model.serving.settings import Settings, settings_from_env
 from model.serving.warmup import WarmupJob, warmup_jobs, warmup_steps
 
@@ -91,10 +92,12 @@ class Generator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.runtime: Runtime = pick_runtime(settings.device, settings.dtype)
-        if settings.download_weights and missing_repos(settings.weights_dir, settings.turbo):
+        if settings.download_weights and missing_repos(settings.weights_dir, settings.turbo, settings.safety_checker):
             say(f"Weights missing in {settings.weights_dir}: downloading them (mount it as a volume to keep them)")
             try:
-                download_missing(settings.weights_dir, say=say, turbo=settings.turbo)
+                download_missing(
+                    settings.weights_dir, say=say, turbo=settings.turbo, safety_checker=settings.safety_checker
+                )
             except Exception as exc:  # the hub's many failure types: say what to do instead
                 raise MissingWeightsError(
                     f"could not download the weights into {settings.weights_dir} ({type(exc).__name__}: {exc}); "
@@ -103,6 +106,8 @@ class Generator:
         started = time.perf_counter()
         self.pipe = load_pipeline(settings.weights_dir, self.runtime, turbo=settings.turbo)
         self.refiner = img2img_from(self.pipe)
+        # GEN4_SAFETY_CHECKER: every output is checked before it is written (model/serving/safety.py).
+        self.safety = SafetyChecker(settings.weights_dir, self.runtime) if settings.safety_checker else None
         self.text = TextEncoder(self.pipe)
         self.encoder = ReferenceEncoder(
             self.pipe.image_encoder,
@@ -206,6 +211,9 @@ class Generator:
                 f"out of GPU memory while generating {valid.width}x{valid.height} "
                 f"with {len(valid.references)} reference(s); the server is still ready ({exc})"
             ) from None
+        if self.safety is not None:
+            with clock.stage("safety check"):
+                self.safety.require_safe(generation.image)  # flagged: fails here, nothing written
         with clock.stage("write output"):
             path = self.output.write(generation.image, seed)
             if self.settings.writes_masks:
