@@ -109,14 +109,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-
-
-
-
-
-
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights-dir", type=Path, default=ROOT / "weights")
@@ -191,13 +183,9 @@ def main() -> None:
             parts.append(("compile", lambda: bench_variant(service, "compile", entries[-1], refs, variant_runs)))
         if service.graphs is not None and not args.no_graphs:
             off = {"cuda_graphs": False}
-            parts.append(
-                ("cuda_graphs", lambda: bench_variant(service, "eager", entries[-1], refs, variant_runs, off))
-            )
+            parts.append(("cuda_graphs", lambda: bench_variant(service, "eager", entries[-1], refs, variant_runs, off)))
         if not args.no_server:
-            parts.append(
-                ("server", lambda: bench_server(service, weights, args.steps, entries[-1], refs, server_runs))
-            )
+            parts.append(("server", lambda: bench_server(service, weights, args.steps, entries[-1], refs, server_runs)))
             parts.append(
                 (
                     "server_upload",

@@ -25,7 +25,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ from model.engine.weights import (
     IP_ADAPTER_SUBFOLDER,
     IP_ADAPTER_WEIGHT,
     LIGHTNING_LORA_WEIGHT,
+    SAFETY_CHECKER,
+    SAFETY_CHECKER_WEIGHT,
     SDXL_BASE,
     SDXL_LIGHTNING,
     SDXL_VAE_FP16_FIX,
@@ -54,8 +56,11 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from safetensors.torch import save_file
 from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -89,6 +94,18 @@ class Arch:
     # Build in this dtype: fp32 keeps the tiny values identical across versions; fp16 halves the
     # memory of the full build.
     build_dtype: torch.dtype = torch.float32
+    # The safety checker's vision tower (CLIPVisionConfig arguments) and its projection_dim.
+    safety_checker: dict[str, Any] = field(
+        default_factory=lambda: {
+            "hidden_size": 32,
+            "image_size": 32,
+            "patch_size": 8,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 37,
+            "projection_dim": 16,
+        }
+    )
 
 
 _SDXL_UNET_COMMON = {
@@ -204,6 +221,17 @@ FULL = Arch(
     lora_rank=64,  # SDXL-Lightning's LoRA rank
     init_std=0.02,
     build_dtype=torch.float16,
+    # CompVis/stable-diffusion-safety-checker: CLIP ViT-L/14 at 224 px, projection 768.
+    safety_checker={
+        "hidden_size": 1024,
+        "image_size": 224,
+        "patch_size": 14,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "projection_dim": 768,
+        "hidden_act": "quick_gelu",
+    },
 )
 # SDXL's UNet structure at tiny widths: the same modules and calls as FULL's UNet, so the same
 # host work per step (tests/test_random_weights.py checks the structure against FULL's).
@@ -357,6 +385,27 @@ def lightning_lora_state_dict(unet: UNet2DConditionModel, rank: int, std: float)
     return {k: v.to(torch.float16).contiguous() for k, v in sd.items()}
 
 
+def write_safety_checker(folder: Path, arch: Arch) -> None:
+    """diffusers' StableDiffusionSafetyChecker with random values, in the files of the pinned
+    CompVis commit (config.json, preprocessor_config.json, pytorch_model.bin). Every concept's
+    threshold is 1.0, above any cosine similarity, so the stand-in flags nothing; tests lower the
+    thresholds to make it flag."""
+    vision = dict(arch.safety_checker)
+    projection = vision.pop("projection_dim")
+    config = CLIPConfig(text_config=arch.text_encoder, vision_config=vision, projection_dim=projection)
+    with building("cpu", torch.float32):  # the published file is fp32
+        model = StableDiffusionSafetyChecker(config)
+        torch.nn.init.normal_(model.concept_embeds)
+        torch.nn.init.normal_(model.special_care_embeds)
+    model.concept_embeds_weights.data.fill_(1.0)
+    model.special_care_embeds_weights.data.fill_(1.0)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    size = vision["image_size"]
+    CLIPImageProcessorPil(size=size, crop_size=size).save_pretrained(folder)
+    torch.save(model.state_dict(), folder / SAFETY_CHECKER_WEIGHT)
+
+
 @contextlib.contextmanager
 def building(device: str, dtype: torch.dtype) -> Iterator[None]:
     """Create modules directly on `device` in `dtype` (the full UNet alone is 2.6B parameters)."""
@@ -370,7 +419,8 @@ def building(device: str, dtype: torch.dtype) -> Iterator[None]:
 
 
 def build(out: Path, arch: Arch = TINY, device: str = "cpu") -> None:
-    """Write the repositories' folders under `out` (the three, and SDXL-Lightning for turbo)."""
+    """Write the repositories' folders under `out` (the three, SDXL-Lightning for turbo and the
+    safety checker)."""
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer, tokenizer_2 = make_tokenizers(Path(scratch))
@@ -406,6 +456,7 @@ def build(out: Path, arch: Arch = TINY, device: str = "cpu") -> None:
     lightning = out / SDXL_LIGHTNING.folder
     lightning.mkdir(parents=True, exist_ok=True)
     save_file(lightning_lora_state_dict(unet, arch.lora_rank, arch.init_std), lightning / LIGHTNING_LORA_WEIGHT)
+    write_safety_checker(out / SAFETY_CHECKER.folder, arch)
     (out / arch.marker).write_text(
         f"{arch.name} random weights from scripts/make_random_weights.py: images are noise; "
         "for tests and timings only.\n"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -91,3 +94,52 @@ def test_settings_from_env() -> None:
         settings_from_env({"GEN4_STEPS": "many"})
     with pytest.raises(ValueError, match="GEN4_OUTPUT_FORMAT must be one of png, jpg, webp"):
         settings_from_env({"GEN4_OUTPUT_FORMAT": "gif"})
+
+
+@needs_shared
+def test_cog_replicate_yaml_is_cog_yaml_with_the_tables_weights() -> None:
+    """cog.replicate.yaml (Cog's managed weights, for Replicate) validates against Cog's schema, is
+    what scripts/cog_weights.py writes now, and declares each repository of the one weights table
+    at its pinned commit, mounted where the loader reads it."""
+    from model.engine.weights import required_repos
+    from scripts.cog_weights import MOUNT, OUT
+
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "cog_weights.py"), "--check"], capture_output=True)
+    assert check.returncode == 0, check.stderr.decode()
+    config = yaml.safe_load(OUT.read_text())
+    jsonschema.validate(config, json.loads((SHARED / "cog" / "config_schema_v1.0.json").read_text()))
+    plain = yaml.safe_load((ROOT / "cog.yaml").read_text())
+    assert "weights" not in plain  # cog build for docker run needs no weights.lock
+    assert {k: v for k, v in config.items() if k not in ("weights", "environment")} == {
+        k: v for k, v in plain.items() if k != "environment"
+    }
+    env = dict(line.split("=", 1) for line in config["environment"])
+    assert env["WEIGHTS_DIR"] == MOUNT and settings_from_env(env).download_weights is False
+    repos = required_repos()
+    assert [w["source"]["uri"] for w in config["weights"]] == [f"hf://{r.repo_id}@{r.revision}" for r in repos]
+    assert [w["target"] for w in config["weights"]] == [f"{MOUNT}/{r.folder}" for r in repos]
+    assert [w["source"]["include"] for w in config["weights"]] == [[f"/{p}" for p in r.allow_patterns] for r in repos]
+
+
+def test_the_managed_weights_mounts_hold_what_the_server_loads(tiny_weights: Path, tmp_path: Path) -> None:
+    """Every variant's weights, mounted as Cog would (only the files each entry's include globs
+    take from its repository, at its target), are enough for setup with downloads off: turbo and
+    the safety checker, all five repositories, taken from the tiny weights in the same layout."""
+    from model.serving.setup import build_service
+    from scripts.cog_weights import MOUNT, replicate_config
+
+    config = replicate_config((ROOT / "cog.yaml").read_text(), turbo=True, safety_checker=True)
+    mount = tmp_path / "src-weights"
+    for entry in config["weights"]:
+        source = tiny_weights / entry["target"].removeprefix(f"{MOUNT}/")
+        taken = [p for glob in entry["source"]["include"] for p in source.glob(glob.lstrip("/")) if p.is_file()]
+        assert taken, entry
+        for file in taken:
+            dest = mount / entry["target"].removeprefix(f"{MOUNT}/") / file.relative_to(source)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.link(file, dest)
+    env = dict(line.split("=", 1) for line in config["environment"]) | {"WEIGHTS_DIR": str(mount)}
+    settings = settings_from_env(env)
+    assert settings.turbo and settings.safety_checker and not settings.download_weights
+    service = build_service(replace(settings, device="cpu", steps=1))
+    assert service.safety is not None

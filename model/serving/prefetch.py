@@ -42,7 +42,7 @@ def prefetch_weights() -> threading.Thread | None:
         return None
     if not settings.prefetch:
         return None
-    files = weight_files(settings.weights_dir, settings.turbo)
+    files = weight_files(settings.weights_dir, settings.turbo, settings.safety_checker)
     if not files:
         return None
     thread = threading.Thread(target=read_files, args=(files,), name=THREAD_NAME, daemon=True)

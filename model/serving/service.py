@@ -36,6 +36,7 @@ from model.engine.text import TextEmbeds, TextEncoder
 from model.engine.tokens import PromptTokens, read_prompt
 from model.serving.logs import say
 from model.serving.output import OutputWriter, write_mask_image
+from model.serving.safety import SafetyChecker
 from model.serving.settings import Settings
 from model.serving.warmup import WarmupJob
 
@@ -103,6 +104,7 @@ class ImageService:
     decoded: LRUCache[Image.Image] | None  # decoded references by their file's bytes
     config: GenerationConfig
     output: OutputWriter
+    safety: SafetyChecker | None = None  # GEN4_SAFETY_CHECKER
     graphs: UNetGraphs | None = None
     # Generated while the server is idle (model/serving/warmup.py), at this many steps.
     idle_warmup: list[WarmupJob] = field(default_factory=list)
@@ -150,7 +152,11 @@ class ImageService:
                 f"out of GPU memory while generating {width}x{height} "
                 f"with {len(valid.references)} reference(s); the server is still ready ({exc})"
             ) from None
-        # 6. Write the output (and, when asked, the tag masks).
+        # 6. Check the output when asked (a flagged one fails here, nothing written), then write
+        #    it (and, when asked, the tag masks).
+        if self.safety is not None:
+            with clock.stage("safety check"):
+                self.safety.require_safe(generation.image)
         with clock.stage("write output"):
             path = self.output.write(generation.image, seed)
             if self.settings.writes_masks:

@@ -54,6 +54,10 @@ class Settings:
     # Turbo: SDXL-Lightning's 4-step LoRA fused into the UNet, 4 steps, no classifier-free
     # guidance (GEN4_STEPS and GEN4_GUIDANCE then do not apply). Faster, at a quality cost.
     turbo: bool = False
+    # Stable Diffusion's safety checker (CompVis) on every output, after decoding and before it is
+    # written: a flagged image fails the prediction (model/serving/safety.py). Its weights are
+    # fetched with the others when it is on.
+    safety_checker: bool = False
     # Fuse each self-attention's Q, K, V projections into one matmul (cross-attention stays as is).
     fuse_qkv: bool = True
     # torch.compile the UNet's and the VAE's ResNet and feed-forward blocks, and generate every

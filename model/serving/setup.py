@@ -24,6 +24,7 @@ from model.engine.weights import missing_repos, weights_label
 from model.serving.download import download_missing
 from model.serving.logs import say
 from model.serving.output import OutputWriter, make_masks_dir
+from model.serving.safety import SafetyChecker
 from model.serving.service import ImageService
 from model.serving.settings import Settings, settings_from_env
 from model.serving.warmup import WarmupJob, warmup_jobs, warmup_steps
@@ -43,11 +44,13 @@ def generation_config(settings: Settings) -> GenerationConfig:
 
 def fetch_missing_weights(settings: Settings) -> None:
     """Download what weights_dir lacks, when the settings allow it; say what to do otherwise."""
-    if not settings.download_weights or not missing_repos(settings.weights_dir, settings.turbo):
+    if not settings.download_weights:
+        return
+    if not missing_repos(settings.weights_dir, settings.turbo, settings.safety_checker):
         return
     say(f"Weights missing in {settings.weights_dir}: downloading them (mount it as a volume to keep them)")
     try:
-        download_missing(settings.weights_dir, say=say, turbo=settings.turbo)
+        download_missing(settings.weights_dir, say=say, turbo=settings.turbo, safety_checker=settings.safety_checker)
     except Exception as exc:  # the hub's many failure types: say what to do instead
         raise MissingWeightsError(
             f"could not download the weights into {settings.weights_dir} ({type(exc).__name__}: {exc}); "
@@ -89,6 +92,8 @@ def build_service(settings: Settings) -> ImageService:
         decoded=LRUCache(settings.decoded_cache_mb * 2**20, weigh=image_bytes) if settings.decoded_cache_mb else None,
         config=config,
         output=OutputWriter(settings.output_format),
+        # GEN4_SAFETY_CHECKER: every output is checked before it is written (model/serving/safety.py).
+        safety=SafetyChecker(settings.weights_dir, runtime) if settings.safety_checker else None,
         graphs=graphs,
         # Generated while the server is idle (model/serving/warmup.py): after the graphs, which it fills.
         idle_warmup=warmup_jobs(settings.warmup_entries(graphs=graphs is not None)),

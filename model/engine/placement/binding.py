@@ -65,5 +65,3 @@ def bind_references(
         # Nothing claims a region, so the place is simply everywhere.
         bindings = [Binding(b.index, b.tag, Kind.GLOBAL, b.tokens) if b.kind is Kind.PLACE else b for b in bindings]
     return bindings
-
-
