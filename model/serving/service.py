@@ -38,6 +38,7 @@ from model.engine.text import TextEmbeds, TextEncoder
 from model.engine.tokens import layout, mention_positions
 from model.engine.weights import missing_repos, weights_label
 from model.serving.download import download_missing
+from model.serving.fetch import FetchPolicy, fetch_references
 from model.serving.logs import say
 from model.serving.output import OutputWriter, make_masks_dir, write_mask_image
 from model.serving.settings import Settings, settings_from_env
@@ -172,11 +173,15 @@ class Generator:
 
     def predict(self, request: Request, should_stop: StopCheck | None = None) -> Path:
         """Run one request end to end and return the output file."""
-        return self.run(self.validate(request), should_stop)
+        return self.run(self.validate(request, should_stop), should_stop)
 
-    def validate(self, request: Request) -> ValidRequest:
-        """Every check, references decoded, before any model work (no GPU: runs while queued)."""
-        return validate_request(request, self.decoded)
+    def validate(self, request: Request, should_stop: StopCheck | None = None) -> ValidRequest:
+        """Every check, references fetched and decoded, before any model work (no GPU: runs while
+        queued). `should_stop` stops the references' downloads."""
+        policy = FetchPolicy(
+            self.settings.reference_max_bytes, self.settings.reference_timeout, self.settings.reference_allow_private
+        )
+        return validate_request(request, self.decoded, lambda items: fetch_references(items, policy, should_stop))
 
     def run(self, valid: ValidRequest, should_stop: StopCheck | None = None) -> Path:
         """Generate a validated request. `should_stop` is checked after every denoising step:
