@@ -87,14 +87,15 @@ class StopFetch(Exception):  # noqa: N818 - what happened, as Canceled in servic
 
 def address_kind(address: Address) -> str | None:
     """Why an address is no place to fetch an image from ("loopback", "private", ...), or None
-    for a public one. An IPv6 address that carries an IPv4 one (mapped, 6to4, NAT64) is judged by
-    that IPv4 address too."""
+    for a public one. An IPv6 address that carries an IPv4 one (IPv4-mapped, 6to4, NAT64) is
+    judged by that IPv4 address, where the packets end up (an IPv6-only cluster reaches IPv4
+    servers through NAT64)."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour
         if embedded is None and address in NAT64:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None and (kind := address_kind(embedded)) is not None:
-            return kind
+        if embedded is not None:
+            return address_kind(embedded)
     if address.is_unspecified:
         return "unspecified"
     if address.is_loopback:
@@ -277,6 +278,8 @@ class Download:
                     raise self.error(f"could not be fetched: HTTP {response.status} {response.reason}".rstrip())
                 return self._body(response)
             finally:
+                # Both: the response holds the socket's file, which keeps it open on its own.
+                response.close()
                 connection.close()
                 with self._lock:
                     self._sock = None
