@@ -20,6 +20,7 @@ from model.contract.tables import (  # noqa: E402
     DEFAULT_RESOLUTION,
     RESOLUTIONS,
 )
+from model.serving.fetch import ReferenceURI  # noqa: E402
 from model.serving.queue import PredictionQueue  # noqa: E402
 from model.serving.setup import service_from_env  # noqa: E402
 
@@ -42,7 +43,9 @@ class Predictor(BaseRunner):
             description="An optional tag for each of your reference images. Tags must be alphanumeric and start with a letter. You can reference them in your prompt using @tag_name. Tags must be between 3 and 15 characters.",
             default=[],
         ),
-        reference_images: list[Path] = Input(
+        # The URIs as sent (a `format: uri` string each in the schema, as for cog.Path): Cog does
+        # not download them; model/serving/fetch.py does, bounded (see ReferenceURI).
+        reference_images: list[ReferenceURI] = Input(
             description="Up to 3 reference images. Images must be between 0.5 and 2 aspect ratio.",
             default=[],
         ),

@@ -28,6 +28,9 @@ OFFLINE_ENV = {
 }
 for _name in list(OFFLINE_ENV):
     OFFLINE_ENV[_name.lower()] = OFFLINE_ENV[_name]
+# The tests' reference images are served on 127.0.0.1, which a server refuses by default
+# (model/serving/fetch.py); tests of that refusal set it back to 0.
+OFFLINE_ENV["GEN4_REFERENCE_ALLOW_PRIVATE"] = "1"
 SHARED = Path(os.environ.get("GEN4_SHARED_DIR", ROOT.parent / "shared"))
 
 

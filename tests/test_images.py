@@ -144,14 +144,8 @@ def test_the_reduced_decode_reaches_the_encoder_as_the_full_one_would(tmp_path: 
     assert levels.mean() < 0.5 and levels.max() <= 3, (levels.mean(), levels.max())
 
 
-class DownloadedPath(pathlib.PosixPath):
-    """Stands in for Cog's URLPath: a downloaded file that remembers its URI."""
-
-    source = ""
-
-
 @pytest.mark.parametrize(
-    "value", ["/etc/hostname", "file:///etc/hostname", "relative/ref.png", "data:image/png;base64,AAAA"]
+    "value", ["/etc/hostname", "file:///etc/hostname", "relative/ref.png", "ftp://host/ref.png", "http://[::1"]
 )
 def test_strings_are_refused_and_never_opened(value: str) -> None:
     with pytest.raises(InputError) as info:
@@ -159,16 +153,28 @@ def test_strings_are_refused_and_never_opened(value: str) -> None:
     assert "local files are never read" in str(info.value)
 
 
-def test_downloaded_paths_pass_and_foreign_sources_do_not(tmp_path: pathlib.Path) -> None:
+def test_uris_pass_as_text_and_path_objects_as_files(tmp_path: pathlib.Path) -> None:
+    """A request's http(s) and data: URIs are handed on to be fetched; a path object (only an
+    in-process caller has one: the server hands strings) is a local file."""
+    for uri in ("https://example.com/woman.png", "HTTP://example.com/a.png", "data:image/png;base64,AAAA"):
+        assert check_source(uri, FIELD) == uri
     path = write(tmp_path, png_bytes())
-    assert check_source(path, FIELD) == path  # Cog's own download of a URI
-    ok = DownloadedPath(path)
-    ok.source = "https://example.com/woman.png"
-    assert check_source(ok, FIELD) == path
-    bad = DownloadedPath(path)
-    bad.source = "file:///etc/passwd"
-    with pytest.raises(InputError):
-        check_source(bad, FIELD)
+    assert check_source(path, FIELD) == path
+    with pytest.raises(InputError, match="is not an image URI"):
+        check_source(42, FIELD)
+
+
+def test_a_refused_uri_is_shown_without_its_credentials() -> None:
+    with pytest.raises(InputError) as info:
+        check_source("ftp://user:hunter2@example.com/ref.png?token=s3cret", FIELD)
+    assert "hunter2" not in str(info.value) and "s3cret" not in str(info.value) and "user" not in str(info.value)
+    assert "ftp://example.com/ref.png?..." in str(info.value)
+
+
+def test_decoding_bytes_and_decoding_their_file_agree(tmp_path: pathlib.Path) -> None:
+    data = exif_rotated_jpeg()
+    from_bytes, from_file = decode_reference(data, FIELD), decode_reference(write(tmp_path, data), FIELD)
+    assert np.array_equal(np.asarray(from_bytes), np.asarray(from_file))
 
 
 def test_references_decode_at_once_each_as_alone(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ class SteppingGenerator:
         self.lock = threading.Lock()
         self.idle_warmup: list = []  # the server's idle warm-up: tests/test_warmup.py
 
-    def validate(self, request: Request) -> Request:
+    def validate(self, request: Request, should_stop: Callable[[], bool] | None = None) -> Request:
         if not request.prompt.strip():
             raise InputError("prompt", "must not be blank")
         return request

@@ -7,6 +7,7 @@ Pure image logic (PIL), no torch.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pathlib
 import urllib.parse
@@ -33,27 +34,48 @@ def reference_field(index: int, tag: str | None) -> str:
     return f"reference_images[{index}]" + (f" (@{tag})" if tag else "")
 
 
+def display_uri(uri: str, limit: int = 80) -> str:
+    """A reference URI as errors and logs may show it: no user:password, no query (signed URLs
+    carry their tokens there), no fragment; a data: URI as its media type only; shortened."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return show(uri.split("@")[-1], limit)
+    if parts.scheme.lower() == "data":
+        return show(uri.split(",", 1)[0][:limit] + ",...", limit)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    text = urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", "")) + ("?..." if parts.query else "")
+    return show(text, limit)
+
+
 def source_of(item: object) -> str:
-    """The URI a reference arrived as (Cog keeps it on the downloaded path as `.source`)."""
-    return str(getattr(item, "source", item))
+    """How a reference is named in a ValidRequest: its URI without credentials, or its path."""
+    return display_uri(item) if isinstance(item, str) else str(item)
 
 
-def check_source(item: object, field: str) -> pathlib.Path:
-    """The local file Cog downloaded for this reference, or an InputError.
+def check_source(item: object, field: str) -> str | pathlib.Path:
+    """Where to read a reference from: its http(s) or data: URI, which the serving layer fetches
+    (model/serving/fetch.py), or a local file that an in-process caller (tests, benchmarks) passes
+    as a path object.
 
-    Cog downloads http(s) and data: URIs before run() and hands over a path (a `URLPath` that
-    remembers its `source`, or a plain path to its download). Any other string, such as a local
-    path or a file:// URI, arrives as text: it is refused, never opened, so that a request cannot
-    read the server's files.
+    The server hands over every reference as a string (predict.py), so a request never names a
+    local file: a string that is not such a URI, a local path or a file:// URI, is refused and
+    never opened.
     """
-    source = source_of(item)
-    scheme = urllib.parse.urlparse(source).scheme.lower() if hasattr(item, "source") else None
-    if isinstance(item, str) or not isinstance(item, os.PathLike) or scheme not in (None, *REFERENCE_SCHEMES):
+    if isinstance(item, str):
+        try:
+            scheme = urllib.parse.urlsplit(item).scheme.lower()
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            scheme = ""
+        if scheme in REFERENCE_SCHEMES:
+            return item
         raise InputError(
             field,
-            f"{show(source)} is not an image URI: use an http(s) URL or a data: URI (local files are never read)",
+            f"{display_uri(item)} is not an image URI: use an http(s) URL or a data: URI (local files are never read)",
         )
-    return pathlib.Path(os.fspath(item))
+    if isinstance(item, os.PathLike):
+        return pathlib.Path(os.fspath(item))
+    raise InputError(field, f"{show(item)} is not an image URI: use an http(s) URL or a data: URI")
 
 
 # EXIF orientations whose upright image swaps width and height (transpose, rotate 90 or 270).
@@ -98,13 +120,17 @@ def reduce_to(image: Image.Image, side: int) -> Image.Image:
     return image.reduce(factor) if factor >= 2 else image
 
 
-def decode_reference(path: pathlib.Path, field: str, side: int | None = REFERENCE_DECODE_SIDE) -> Image.Image:
-    """Open, check and decode a reference file into an upright RGB image whose shortest side is
-    `side` to twice that (smaller images stay as they are; None: full size)."""
+# A reference to decode: the bytes fetched for its URI, or a local file (in-process callers).
+Source = bytes | pathlib.Path
+
+
+def decode_reference(source: Source, field: str, side: int | None = REFERENCE_DECODE_SIDE) -> Image.Image:
+    """Open, check and decode a reference into an upright RGB image whose shortest side is `side`
+    to twice that (smaller images stay as they are; None: full size)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             width, height = image.size
             # Check the declared size before decoding a single pixel.
             if width * height > MAX_REFERENCE_PIXELS:
@@ -135,9 +161,11 @@ def decode_reference(path: pathlib.Path, field: str, side: int | None = REFERENC
     return image if side is None else reduce_to(image, side)
 
 
-def file_key(path: pathlib.Path, side: int | None) -> str:
-    """The decoded-image cache's key: the file's bytes (sha256) and the side it decodes to."""
-    with open(path, "rb") as file:
+def file_key(source: Source, side: int | None) -> str:
+    """The decoded-image cache's key: the reference's bytes (sha256) and the side it decodes to."""
+    if isinstance(source, bytes):
+        return f"{side}:{hashlib.sha256(source).hexdigest()}"
+    with open(source, "rb") as file:
         return f"{side}:{hashlib.file_digest(file, 'sha256').hexdigest()}"
 
 
@@ -146,7 +174,7 @@ def image_bytes(image: Image.Image) -> int:
     return image.width * image.height * len(image.getbands())
 
 
-def decode_cached(path: pathlib.Path, field: str, side: int | None, cache: LRUCache[Image.Image] | None) -> Image.Image:
+def decode_cached(path: Source, field: str, side: int | None, cache: LRUCache[Image.Image] | None) -> Image.Image:
     """`decode_reference`, or the image a file with the same bytes decoded to before: a reference
     used again (the usual way to keep a character across prompts) costs the hash of its file, a
     few milliseconds for a 12 MP photo, instead of its decoding. Bytes that decoded once decode
@@ -166,7 +194,7 @@ def decode_cached(path: pathlib.Path, field: str, side: int | None, cache: LRUCa
 
 
 def decode_references(
-    files: Sequence[tuple[pathlib.Path, str]],
+    files: Sequence[tuple[Source, str]],
     side: int | None = REFERENCE_DECODE_SIDE,
     cache: LRUCache[Image.Image] | None = None,
 ) -> list[Image.Image]:

@@ -7,7 +7,8 @@ Each failure is an InputError naming the field, the value and the rule. Pure: no
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -38,7 +39,16 @@ class Request:
     aspect_ratio: str
     reference_tags: Sequence[str] = ()
     reference_images: Sequence[object] = ()
-    seed: int | None = None
+    seed: int | float | None = None  # JSON's 1.0 arrives as a float
+
+
+# Fetches (URI, field) pairs, each named by its field in errors: their bytes, in order
+# (model/serving/fetch.py, bound to the server's limits and the prediction's cancel).
+Fetch = Callable[[Sequence[tuple[str, str]]], list[bytes]]
+# Unicode categories of visible text: letters, numbers, punctuation, symbols (emoji included). A
+# prompt of only others (spaces, controls such as NUL, format characters such as zero-width
+# spaces, lone combining marks or variation selectors, unassigned code points) describes nothing.
+VISIBLE_CATEGORIES = ("L", "N", "P", "S")
 
 
 @dataclass(frozen=True)
@@ -72,18 +82,37 @@ def _check_choice(field: str, value: str, allowed: Sequence[str]) -> None:
         raise InputError(field, f"{show(value)} is not allowed; choose one of {', '.join(allowed)}")
 
 
+def is_blank(text: str) -> bool:
+    """Whether a text has no visible character (see VISIBLE_CATEGORIES)."""
+    return not any(unicodedata.category(char).startswith(VISIBLE_CATEGORIES) for char in text)
+
+
+def check_seed(seed: object) -> int | None:
+    """The seed as an int: a whole number within SEED_RANGE (1.0 is 1, as JSON does not tell
+    them apart), or None for a random one."""
+    if seed is None:
+        return None
+    low, high = SEED_RANGE
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError("seed", f"{show(seed)} is not a whole number; use {low} to {high}")
+    if not low <= seed <= high:
+        raise InputError("seed", f"{seed} is out of range; use {low} to {high}")
+    return seed
+
+
 def check_fields(request: Request) -> None:
     """Every check that needs no image data, cheapest first."""
-    if not isinstance(request.prompt, str) or not request.prompt.strip():
-        raise InputError("prompt", f"{show(request.prompt)} is empty; describe the image to make")
+    if not isinstance(request.prompt, str) or is_blank(request.prompt):
+        visible = " (no visible characters)" if isinstance(request.prompt, str) and request.prompt.strip() else ""
+        raise InputError("prompt", f"{show(request.prompt)} is empty{visible}; describe the image to make")
     if len(request.prompt) > MAX_PROMPT_CHARS:
         rule = f"at most {MAX_PROMPT_CHARS} are allowed"
         raise InputError("prompt", f"{show(request.prompt)} is {len(request.prompt)} characters; {rule}")
     _check_choice("resolution", request.resolution, RESOLUTIONS)
     _check_choice("aspect_ratio", request.aspect_ratio, ASPECT_RATIOS)
-    low, high = SEED_RANGE
-    if request.seed is not None and not low <= request.seed <= high:
-        raise InputError("seed", f"{request.seed} is out of range; use {low} to {high}")
+    check_seed(request.seed)
 
     images, tags = list(request.reference_images), list(request.reference_tags)
     if len(images) > MAX_REFERENCES:
@@ -116,16 +145,24 @@ def check_fields(request: Request) -> None:
         )
 
 
-def validate_request(request: Request, decoded: LRUCache[Image.Image] | None = None) -> ValidRequest:
-    """Check the request and decode its references (a file decoded before comes from `decoded`,
-    keyed by its bytes); raise InputError on the first problem."""
+def validate_request(
+    request: Request, decoded: LRUCache[Image.Image] | None = None, fetch: Fetch | None = None
+) -> ValidRequest:
+    """Check the request, fetch its URIs with `fetch` and decode its references (bytes decoded
+    before come from `decoded`); raise InputError on the first problem."""
     check_fields(request)
     tags: list[str | None] = list(request.reference_tags)
     tags += [None] * (len(request.reference_images) - len(tags))
     fields = [reference_field(i, tag) for i, tag in enumerate(tags)]
-    # Every source is checked before any image is opened: never touch a file for a refused request.
-    paths = [check_source(item, field) for item, field in zip(request.reference_images, fields, strict=True)]
-    images = decode_references(list(zip(paths, fields, strict=True)), cache=decoded)
+    # Every source is checked before any is fetched or opened: nothing is fetched for a request
+    # that a later reference makes fail.
+    sources = [check_source(item, field) for item, field in zip(request.reference_images, fields, strict=True)]
+    uris = [(source, field) for source, field in zip(sources, fields, strict=True) if isinstance(source, str)]
+    if uris and fetch is None:
+        raise ValueError("validate_request was given reference URIs and no fetch to read them")
+    fetched = iter(fetch(uris) if uris and fetch is not None else [])
+    blobs = [next(fetched) if isinstance(source, str) else source for source in sources]
+    images = decode_references(list(zip(blobs, fields, strict=True)), cache=decoded)
     references = tuple(
         Reference(index=i, tag=tag, image=image, source=source_of(item))
         for i, (item, tag, image) in enumerate(zip(request.reference_images, tags, images, strict=True))
@@ -135,5 +172,5 @@ def validate_request(request: Request, decoded: LRUCache[Image.Image] | None = N
         resolution=request.resolution,
         aspect_ratio=request.aspect_ratio,
         references=references,
-        seed=request.seed,
+        seed=check_seed(request.seed),
     )

@@ -47,6 +47,10 @@ MIN_REFERENCE_SIDE = 32
 # Largest decoded reference, in pixels: guards against decompression bombs (a few-KB PNG that
 # declares 30000x30000 pixels). 40 MP admits any camera photo.
 MAX_REFERENCE_PIXELS = 40_000_000
+# Default cap on one reference's download, in bytes as decoded (after any Content-Encoding): a
+# MAX_REFERENCE_PIXELS image stored uncompressed at 8 bits per RGB channel (a BMP, a PNG of
+# noise); a camera's JPEG or HEIC of that many pixels is a fraction of it.
+MAX_REFERENCE_BYTES = 3 * MAX_REFERENCE_PIXELS
 # References are decoded down to about this shortest side (at least this, below twice this): the
 # image encoder reads 224x224 (h94's ViT-H, resized by its CLIPImageProcessor), and a 12 MP phone
 # photo decoded in full costs the host about 10x more (decode, hash, resize). JPEGs decode at a
@@ -56,7 +60,7 @@ MAX_REFERENCE_PIXELS = 40_000_000
 REFERENCE_DECODE_SIDE = 3 * 224
 # Runway's API accepts seeds 0..4294967295 (32-bit unsigned).
 SEED_RANGE: tuple[int, int] = (0, 4_294_967_295)
-# Schemes a reference image may arrive with. Cog downloads these before run(); any other string
+# Schemes a reference image may arrive with, fetched by model/serving/fetch.py; any other string
 # (a local path, file://) is refused so that the server never reads local files.
 REFERENCE_SCHEMES: tuple[str, ...] = ("http", "https", "data")
 

@@ -94,12 +94,14 @@ class PredictionQueue:
         ahead = self.waiting + (1 if self._turn.locked() else 0)
         self.waiting += 1
         turn = asyncio.ensure_future(self._turn.acquire())
+        leaving = threading.Event()  # a cancel stops the references' downloads at once
         try:
-            valid = await self._in_thread(self._cpu, self.service.validate, request)
+            valid = await self._in_thread(self._cpu, self.service.validate, request, leaving.is_set)
             if ahead:
                 say(f"Waiting for the GPU: {ahead} prediction(s) ahead")
             await asyncio.shield(turn)
         except BaseException:
+            leaving.set()
             await self._leave(turn)
             raise
         finally:

@@ -34,6 +34,7 @@ from model.engine.plan import Plan, plan_for
 from model.engine.references import Encoded, ReferenceEncoder
 from model.engine.text import TextEmbeds, TextEncoder
 from model.engine.tokens import PromptTokens, read_prompt
+from model.serving.fetch import FetchPolicy, fetch_references
 from model.serving.logs import say
 from model.serving.output import OutputWriter, write_mask_image
 from model.serving.safety import SafetyChecker
@@ -114,12 +115,15 @@ class ImageService:
 
     def predict(self, request: Request, should_stop: StopCheck | None = None) -> Path:
         """Run one request end to end and return the output file."""
-        return self.run(self.validate(request), should_stop)
+        return self.run(self.validate(request, should_stop), should_stop)
 
-    def validate(self, request: Request) -> ValidRequest:
-        """Stage 1: every check, references decoded, before any model work (no GPU: runs while
-        queued)."""
-        return validate_request(request, self.decoded)
+    def validate(self, request: Request, should_stop: StopCheck | None = None) -> ValidRequest:
+        """Stage 1: every check, references fetched and decoded, before any model work (no GPU:
+        runs while queued). `should_stop` stops the references' downloads."""
+        policy = FetchPolicy(
+            self.settings.reference_max_bytes, self.settings.reference_timeout, self.settings.reference_allow_private
+        )
+        return validate_request(request, self.decoded, lambda items: fetch_references(items, policy, should_stop))
 
     def prepare(self, prompt: ParsedPrompt, tags: list[str | None], plan: Plan) -> Prepared:
         """How the encoders read the prompt, and where each reference (by its tag) applies."""

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from model.contract.tables import DEFAULT_ASPECT_RATIO, DEFAULT_RESOLUTION, parse_entries
+from model.contract.tables import DEFAULT_ASPECT_RATIO, DEFAULT_RESOLUTION, MAX_REFERENCE_BYTES, parse_entries
 from model.engine.options import DTYPE_NAMES, VaeTiling
 from model.engine.weights import LIGHTNING_STEPS
 
@@ -77,6 +77,14 @@ class Settings:
     prefetch: bool = True
     # Where the queue publishes how many predictions are in flight (read by scripts/drain.py).
     queue_state_file: Path = Path(tempfile.gettempdir()) / "gen4-queue.json"
+    # Reference downloads (model/serving/fetch.py): at most this many bytes each, counted after
+    # any Content-Encoding is undone (default: a 40 MP image, the largest accepted, uncompressed).
+    reference_max_bytes: int = MAX_REFERENCE_BYTES
+    # Seconds one reference's download may take in all: name resolution, redirects, the body.
+    reference_timeout: float = 30.0
+    # Fetch references from loopback, private and link-local addresses too (local use only: it
+    # lets a request reach the server's own network).
+    reference_allow_private: bool = False
 
     @property
     def writes_masks(self) -> bool:
@@ -125,6 +133,10 @@ class Settings:
                 parse_entries(self.warmup)
             except ValueError as exc:
                 raise ValueError(f"GEN4_WARMUP={self.warmup!r} is not auto, none or a list of entries: {exc}") from None
+        if self.reference_max_bytes < 1:
+            raise ValueError(f"GEN4_REFERENCE_MAX_BYTES must be at least 1, got {self.reference_max_bytes}")
+        if not self.reference_timeout > 0:
+            raise ValueError(f"GEN4_REFERENCE_TIMEOUT must be > 0 seconds, got {self.reference_timeout}")
         if self.decoded_cache_mb < 0:
             raise ValueError(f"GEN4_DECODED_CACHE_MB must be at least 0 (0: off), got {self.decoded_cache_mb}")
 
