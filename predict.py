@@ -31,6 +31,15 @@ class Predictor(BaseRunner):
         service = service_from_env()
         self.queue = PredictionQueue(service, service.settings.queue_state_file)
 
+    def healthcheck(self) -> bool:
+        """Cog's own health check: an error here makes /health-check say UNHEALTHY with its text
+        (a full disk: every prediction would fail after generating), which the liveness probe
+        (scripts/healthcheck.py) acts on."""
+        problem = self.queue.service.output.problem()
+        if problem:
+            raise RuntimeError(problem)
+        return True
+
     async def run(
         self,
         seed: int | None = Input(description="Random seed. Set for reproducible generation", default=None),

@@ -3,6 +3,7 @@ other prediction shares."""
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 import uuid
@@ -27,6 +28,10 @@ _SAVE_OPTIONS = {
 }
 
 
+class OutputWriteError(RuntimeError):
+    """The output could not be written (a full disk): the prediction fails, nothing is left."""
+
+
 class OutputWriter:
     """Writes each prediction's image into a fresh folder and removes the oldest ones.
 
@@ -45,20 +50,61 @@ class OutputWriter:
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.root, ignore_errors=True)
         self._dirs: deque[Path] = deque()
         self._png = PngEncoder() if output_format == "png" else None
+        # Bytes an output needs: the largest written, or the one that found no room. Below that
+        # much free space the server reports itself unhealthy (`problem`).
+        self.need = 0
+
+    def _encode(self, image: Image.Image) -> bytes:
+        if self._png is not None:
+            return self._png(image)
+        kind, options = _SAVE_OPTIONS[self.output_format]
+        buf = io.BytesIO()
+        image.save(buf, kind, **options)
+        return buf.getvalue()
 
     def write(self, image: Image.Image, seed: int) -> Path:
-        folder = Path(tempfile.mkdtemp(prefix="prediction-", dir=self.root))
-        self._dirs.append(folder)
-        while len(self._dirs) > self.keep:
+        # Encoded first, in memory: a full disk then fails one write call, whose partial file goes.
+        data = self._encode(image)
+        while len(self._dirs) >= self.keep:
             shutil.rmtree(self._dirs.popleft(), ignore_errors=True)
-        # Unique name: with --upload-url no prediction overwrites another's file.
-        path = folder / f"gen4-{seed}-{uuid.uuid4().hex[:12]}.{self.output_format}"
-        if self._png is not None:
-            path.write_bytes(self._png(image))
-        else:
-            kind, options = _SAVE_OPTIONS[self.output_format]
-            image.save(path, kind, **options)
+        folder: Path | None = None
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="prediction-", dir=self.root))
+            # Unique name: with --upload-url no prediction overwrites another's file.
+            path = folder / f"gen4-{seed}-{uuid.uuid4().hex[:12]}.{self.output_format}"
+            path.write_bytes(data)
+        except OSError as exc:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            self.need = max(self.need, len(data))
+            raise OutputWriteError(
+                f"the {len(data) / 1e6:.1f} MB output image could not be written to {self.root}: "
+                f"{exc.strerror or exc} ({self.free() / 1e6:.1f} MB free); the image is lost, and the "
+                "server reports UNHEALTHY until there is room"
+            ) from None
+        self._dirs.append(folder)
+        self.need = max(self.need, len(data))
         return path
+
+    def free(self) -> int:
+        """Free bytes where the outputs go (0 if that folder is gone)."""
+        try:
+            return shutil.disk_usage(self.root).free
+        except OSError:
+            return 0
+
+    def problem(self) -> str | None:
+        """Why the next output could not be written (None: it could): the outputs' folder is gone,
+        or has less room than an output needs."""
+        if not self.root.is_dir():
+            return f"the outputs' folder {self.root} is gone"
+        free = self.free()
+        if free < self.need:
+            return (
+                f"no room for outputs: {free / 1e6:.1f} MB free in {self.root}, "
+                f"an output needs up to {self.need / 1e6:.1f} MB"
+            )
+        return None
 
     def close(self) -> None:
         """Remove every output this writer wrote."""
