@@ -39,6 +39,7 @@ from model.engine.tokens import layout, mention_positions
 from model.engine.weights import missing_repos, weights_label
 from model.serving.download import download_missing
 from model.serving.logs import say
+from model.serving.mask_log import masks_line
 from model.serving.output import OutputWriter, make_masks_dir, write_mask_image
 from model.serving.settings import Settings, settings_from_env
 from model.serving.warmup import WarmupJob, warmup_jobs, warmup_steps
@@ -210,6 +211,8 @@ class Generator:
             path = self.output.write(generation.image, seed)
             if self.settings.writes_masks:
                 self._write_masks(generation, path)
+            if self.settings.masks_in_logs and (masks := generation.regions[-1].final_masks()) is not None:
+                say(masks_line(masks.numpy()))
         self.last_timings = clock.seconds
         say(f"Generated image in {time.perf_counter() - started:.1f}sec")
         return path
