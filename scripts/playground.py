@@ -29,14 +29,18 @@ import signal
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-# Before Gradio is imported: no usage reports leave this machine.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# This run's files (uploads, results, the server's queue state), removed at exit; named before
+# Gradio is imported, which reads where its own files go then.
+FOLDER = Path(tempfile.gettempdir()) / f"gen4-playground-{uuid.uuid4().hex[:12]}"
+os.environ.setdefault("GRADIO_TEMP_DIR", str(FOLDER / "gradio"))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage reports leave this machine
 
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -495,6 +499,8 @@ def start_server(args: argparse.Namespace) -> tuple[CogServer, str]:
     # The settings the user set for the server (GEN4_*) win over the tiny weights' step count.
     env |= {k: v for k, v in os.environ.items() if k.startswith("GEN4_")}
     env["GEN4_MASKS_IN_LOGS"] = "true"
+    # Its own queue state, not that of another server on this machine (scripts/drain.py reads it).
+    env.setdefault("GEN4_QUEUE_STATE_FILE", str(FOLDER / "queue.json"))
     args.server_log.parent.mkdir(parents=True, exist_ok=True)
     log.info("Starting the Cog server on %s (its log: %s)...", weights, args.server_log)
     with open(args.server_log, "w") as server_output:
@@ -533,10 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to its page
     # SIGTERM ends like Ctrl-C, so that the server this started stops with it.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    folder = Path(tempfile.mkdtemp(prefix="gen4-playground-"))
+    folder = FOLDER
+    folder.mkdir(mode=0o700)
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    # Gradio's own copies of uploads and results go there too, and with it at exit.
-    os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")
     server: CogServer | None = None
     inbox = WebhookInbox(args.webhook_host)
     try:
