@@ -77,6 +77,17 @@ def test_log_lines_are_read() -> None:
     assert progress("Using seed: 42\n") is None
 
 
+def test_the_form_sends_tagged_references_first_and_reads_the_seed() -> None:
+    """`reference_tags` is positional: an untagged image in slot 1 goes after the tagged ones, and
+    the page maps the server's `reference_tags[i]` back to the slot it came from."""
+    playground = pytest.importorskip("scripts.playground", reason="run `bash scripts/setup.sh` (gradio)")
+    form = playground.Form("@man", "720p", "1:1", " 7 ", [__file__, None, __file__], ["", "", "man"])
+    assert form.references() == [2, 0] and form.sent_tags() == ["man"]
+    assert form.inputs()["seed"] == 7 and len(form.inputs()["reference_images"]) == 2
+    with pytest.raises(ValueError, match=r"^seed: 'x' is not a whole number"):
+        playground.Form("a", "720p", "1:1", "x", [None] * 3, [""] * 3).inputs()
+
+
 # The browser test.
 
 
@@ -177,8 +188,8 @@ def test_the_playground_in_a_browser(browser: object, tiny_weights: Path, tmp_pa
         page.wait_for_selector("#prompt-view .mention.unknown[data-tag=woman]")
         assert "@woman" in page.inner_text("#unknown-tags")
         page.click("#resolution label:has-text('720p')")
-        page.click("#aspect-ratio label:has-text('4:3')")
-        page.wait_for_selector("#output-size:has-text('960 × 720')")
+        page.click("#aspect-ratio label:has-text('16:9')")
+        page.wait_for_selector("#output-size:has-text('1280 × 720')")
         page.click("#run")
         error = page.wait_for_selector("#ref1-tag-error .field-error", timeout=60_000)
         assert error.inner_text().startswith("reference_tags[1]: 'x1' is not a valid tag"), error.inner_text()
@@ -206,11 +217,11 @@ def test_the_playground_in_a_browser(browser: object, tiny_weights: Path, tmp_pa
         seed = used_seed(logs)
         assert seed is not None and page.inner_text("#used-seed") == str(seed)
         size = page.eval_on_selector("#output img", "img => [img.naturalWidth, img.naturalHeight, img.width]")
-        assert size == [960, 720, 960], size  # shown at its own size
+        assert size == [1280, 720, 1280], size  # shown at its own size, wider than the page's column
         masks_src = page.get_attribute("#masks img", "src")
         assert masks_src
         masks = Image.open(io.BytesIO(page.request.get(url + masks_src).body()))
-        assert masks.size == (960, 720)
+        assert masks.size == (1280, 720)
         shares = tag_shares(logs)
         assert set(shares) == {"park", "woman", "man"}
         for tag in shares:
@@ -232,7 +243,6 @@ def test_the_playground_in_a_browser(browser: object, tiny_weights: Path, tmp_pa
 
         # Cancel: a longer run, canceled once it is under way.
         page.click("#resolution label:has-text('1080p')")
-        page.click("#aspect-ratio label:has-text('16:9')")
         page.click("#run")
         page.wait_for_selector("#progress .progress[data-status=processing][data-percent]", timeout=60_000)
         page.click("#cancel")
