@@ -32,8 +32,8 @@ PROMPT = (
 )
 
 
-def reference(kind: str) -> str:
-    """A simple drawn stand-in for a reference photo, as a PNG data URI."""
+def drawn_reference(kind: str) -> Image.Image:
+    """A simple drawn stand-in for a reference photo of `kind` (park, woman or man)."""
     image = Image.new(
         "RGB", (512, 640), {"park": (90, 160, 80), "woman": (240, 200, 210), "man": (120, 140, 190)}[kind]
     )
@@ -45,8 +45,13 @@ def reference(kind: str) -> str:
     else:
         draw.ellipse((176, 120, 336, 300), fill=(230, 190, 160))
         draw.rectangle((136, 320, 376, 640), fill=(220, 90, 140) if kind == "woman" else (60, 60, 70))
+    return image
+
+
+def reference(kind: str) -> str:
+    """`drawn_reference` as a PNG data URI."""
     buf = io.BytesIO()
-    image.save(buf, "PNG")
+    drawn_reference(kind).save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

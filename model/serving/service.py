@@ -36,6 +36,7 @@ from model.engine.text import TextEmbeds, TextEncoder
 from model.engine.tokens import PromptTokens, read_prompt
 from model.serving.fetch import FetchPolicy, fetch_references
 from model.serving.logs import say
+from model.serving.mask_log import masks_line
 from model.serving.output import OutputWriter, write_mask_image
 from model.serving.safety import SafetyChecker
 from model.serving.settings import Settings
@@ -165,6 +166,8 @@ class ImageService:
             path = self.output.write(generation.image, seed)
             if self.settings.writes_masks:
                 self._write_masks(generation, path)
+            if self.settings.masks_in_logs and (masks := generation.regions[-1].final_masks()) is not None:
+                say(masks_line(masks.numpy()))
         self.last_timings = clock.seconds
         say(f"Generated image in {time.perf_counter() - started:.1f}sec")
         return path

@@ -49,6 +49,9 @@ class Settings:
     # Or into this folder, where they stay (the outputs' folder is the server's, and temporary).
     # Setting it turns save_masks on.
     masks_dir: Path | None = None
+    # Log each prediction's tag masks as one small PNG data URI line (model/serving/mask_log.py),
+    # for a client that does not share the server's disk (scripts/playground.py).
+    masks_in_logs: bool = False
     # At setup, download missing weights into weights_dir (a volume in Docker) before loading.
     download_weights: bool = True
     # Turbo: SDXL-Lightning's 4-step LoRA fused into the UNet, 4 steps, no classifier-free
