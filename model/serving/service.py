@@ -31,8 +31,9 @@ from model.engine.pipeline import (
     load_pipeline,
     pick_runtime,
 )
-from model.engine.placement.binding import Binding, Kind, RegionConfig, bind_references
+from model.engine.placement.binding import Binding, RegionConfig, bind_references
 from model.engine.placement.processors import install_processors
+from model.engine.placement.report import coverage_lines
 from model.engine.plan import PLANS, Plan, plan_for
 from model.engine.references import Encoded, ReferenceEncoder
 from model.engine.text import TextEmbeds, TextEncoder
@@ -236,10 +237,8 @@ class Generator:
         generation = generate(self.pipe, self.refiner, inputs, self.runtime, clock, on_step=Progress(should_stop))
         if generation.tiled_decode:
             say("VAE decode ran out of memory whole; decoded in tiles instead")
-        shares = generation.regions[-1].shares()
-        for binding in bindings:
-            if binding.tag and binding.kind is not Kind.GLOBAL and binding.index in shares:
-                say(f"@{binding.tag} covers {shares[binding.index]:.0%} of the image ({binding.kind})")
+        for line in coverage_lines(generation.regions[-1]):
+            say(line)
         return generation
 
     def _say_unread(self, valid: ValidRequest, positions: dict[str, tuple[int, ...]]) -> None:
