@@ -29,6 +29,7 @@ from model.contract.request import Request
 from model.contract.tables import OUTPUT_SIZES
 from model.engine import plan as plans
 from model.engine.generate import Generation
+from model.engine.graphs import install_unet_graphs, rerun
 from model.engine.placement.processors import TagRegionAttnProcessor
 from model.engine.placement.state import RegionState
 from model.engine.plan import Plan, refine_steps
@@ -369,3 +370,40 @@ def test_logged_shares_and_masks_png_are_the_masks_the_last_step_applied(
     handed to masks.png are the masks the adapter layers applied at the image's last step."""
     with small_plans(factor=6):
         assert_reports_are_the_applied_masks(generator, references, entry, monkeypatch, capsys)
+
+
+@pytest.fixture(scope="module")
+def turbo(tiny_weights: Path) -> Generator:
+    return Generator(Settings(weights_dir=tiny_weights, device="cpu", turbo=True))
+
+
+@pytest.mark.parametrize("entry", [("720p", "16:9"), ("1080p", "16:9")], ids=["downscaled", "refined"])
+def test_in_turbo_the_reports_are_the_masks_the_last_step_applied(
+    turbo: Generator,
+    references: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    entry: tuple[str, str],
+) -> None:
+    """Turbo: 4 base steps without classifier-free guidance (a batch of one), 1 refine step."""
+    assert turbo.settings.effective_steps == 4 and turbo.settings.effective_guidance == 0.0
+    with small_plans(factor=6):
+        assert_reports_are_the_applied_masks(turbo, references, entry, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("entry", [("720p", "4:3"), ("1080p", "4:3")], ids=["downscaled", "refined"])
+def test_with_graphed_steps_the_reports_are_the_masks_the_last_step_applied(
+    tiny_weights: Path,
+    references: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    entry: tuple[str, str],
+) -> None:
+    """Steps replayed as CUDA graphs would be (`rerun`, the CPU stand-in: each replay runs the step
+    over the graph's input buffers): the processors read the masks from those buffers, and the
+    reports are still what they applied."""
+    graphed = Generator(Settings(weights_dir=tiny_weights, steps=STEPS, device="cpu"))
+    graphs = install_unet_graphs(graphed.pipe.unet, capture=rerun)
+    with small_plans(factor=6):
+        assert_reports_are_the_applied_masks(graphed, references, entry, monkeypatch, capsys)
+    assert graphs.replays == STEPS + (1 if entry[0] == "1080p" else 0)
