@@ -407,3 +407,18 @@ def test_with_graphed_steps_the_reports_are_the_masks_the_last_step_applied(
     with small_plans(factor=6):
         assert_reports_are_the_applied_masks(graphed, references, entry, monkeypatch, capsys)
     assert graphs.replays == STEPS + (1 if entry[0] == "1080p" else 0)
+
+
+def test_a_pass_of_warm_up_only_says_its_tagged_references_were_not_applied(
+    generator: Generator, references: list[Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """One step and no refine pass: the step is warm-up, so no tagged reference was applied, and
+    the logs say that rather than a share of masks that no step used."""
+    monkeypatch.setattr(generator, "settings", replace(generator.settings, steps=1, save_masks=True))
+    with small_plans(factor=6):
+        generator.predict(Request(PROMPT, "720p", "16:9", reference_tags=TAGS, reference_images=references, seed=1))
+    out = capsys.readouterr().out
+    assert "covers" not in out
+    for tag in TAGS:
+        assert f"@{tag}'s reference was not applied: tagged references start after the first 1 of 1 steps" in out
+    assert "No tag masks to write: no tagged reference was placed" in out
