@@ -29,7 +29,8 @@ from model.contract.request import Request, ValidRequest, validate_request
 from model.engine.generate import Generation, GenerationConfig, GenerationInputs, Stopwatch, generate
 from model.engine.graphs import UNetGraphs
 from model.engine.pipeline import Runtime, SDXLImg2ImgPipeline, SDXLPipeline
-from model.engine.placement.binding import Binding, Kind, bind_references
+from model.engine.placement.binding import Binding, bind_references
+from model.engine.placement.report import coverage_lines
 from model.engine.plan import Plan, plan_for
 from model.engine.references import Encoded, ReferenceEncoder
 from model.engine.text import TextEmbeds, TextEncoder
@@ -190,10 +191,8 @@ class ImageService:
         generation = generate(self.pipe, self.refiner, inputs, self.runtime, clock, Progress(should_stop))
         if generation.tiled_decode:
             say("VAE decode ran out of memory whole; decoded in tiles instead")
-        shares = generation.regions[-1].shares()
-        for binding in prepared.bindings:
-            if binding.tag and binding.kind is not Kind.GLOBAL and binding.index in shares:
-                say(f"@{binding.tag} covers {shares[binding.index]:.0%} of the image ({binding.kind})")
+        for line in coverage_lines(generation.regions[-1]):
+            say(line)
         return generation
 
     def warm_up(self, jobs: list[WarmupJob], steps: int, should_stop: StopCheck | None = None) -> int:

@@ -32,6 +32,9 @@ class RegionState:
     anchor_hw: tuple[int, int] | None = None
     # [n, h, w] weights at anchor resolution from the previous step; None until one exists.
     weights: torch.Tensor | None = None
+    # The `weights` that the latest step applied (None until a step has): what is reported. The
+    # masks made after a pass's last step are used by no step of it (a refine pass applies them).
+    applied: torch.Tensor | None = None
     # A refine pass carries the base pass's final masks unchanged: no warm-up, no new maps.
     frozen: bool = False
     # Masks per layer size for the current step: ~70 cross-attention layers share 3 sizes.
@@ -157,6 +160,8 @@ class RegionState:
 
     def end_step(self) -> None:
         """After each denoising step: turn this step's maps into the masks the next step uses."""
+        if not self.tagged_off:
+            self.applied = self.weights  # this step's masks, before the next step's replace them
         self.step += 1
         if self._acc is not None and self.anchor_hw is not None:
             h, w = self.anchor_hw
@@ -169,15 +174,16 @@ class RegionState:
             self._layer_cache, self._weight_cache = {}, {}
 
     def shares(self) -> dict[int, float]:
-        """Each reference's share of the image under the latest masks (read once, at the end:
-        reading it is a device-to-host copy)."""
-        if self.weights is None:
+        """Each reference's share of the image under the masks the latest step applied, by
+        reference index (read once, at the end: reading it is a device-to-host copy)."""
+        if self.applied is None:
             return {}
-        return {b.index: float(self.weights[k].mean()) for k, b in enumerate(self.bindings)}
+        return {b.index: float(self.applied[k].mean()) for k, b in enumerate(self.bindings)}
 
     def final_masks(self) -> torch.Tensor | None:
-        """[n, h, w] masks at anchor resolution on the CPU, in binding order (None if none)."""
-        return None if self.weights is None else self.weights.detach().float().cpu()
+        """[n, h, w] masks that the latest step applied, at anchor resolution (each layer applies
+        them resized to its size), on the CPU, in binding order; None if no step applied any."""
+        return None if self.applied is None else self.applied.detach().float().cpu()
 
     def layer_masks(self, seq_len: int, device: torch.device) -> torch.Tensor:
         """[1, n, h, w] weights for a layer: tagged references are off during warm-up (and until a
