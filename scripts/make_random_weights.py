@@ -234,7 +234,7 @@ FULL = Arch(
     },
 )
 # SDXL's UNet structure at tiny widths: the same modules and calls as FULL's UNet, so the same
-# host work per step (tests/test_random_weights.py checks the structure against FULL's).
+# host work per step (tests/engine/test_random_weights.py checks the structure against FULL's).
 SKELETON = replace(
     TINY,
     name="skeleton",

@@ -4,7 +4,7 @@ An async prediction (`Prefer: respond-async`) reports to a webhook that this pro
 itself (coglet has no endpoint to poll), at each start, output, log line and completion; a cancel
 is `POST /predictions/<id>/cancel`. Also here: what the playground reads from a prediction's logs
 (progress, the seed used, each tag's share) and from its errors (the field they name), and the
-prompt's @tag mentions for highlighting. No Gradio here: tests/test_playground.py tests it alone.
+prompt's @tag mentions for highlighting. No Gradio here: tests/tools/test_playground.py tests it alone.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "nginx" / "gen4.conf.template"
 # The proxy's settings and their defaults (deploy/compose.yaml and deploy/kubernetes.yaml set the
-# same values; tests/test_deploy.py checks that they agree).
+# same values; tests/packaging/test_deploy.py checks that they agree).
 DEFAULTS = {
     "GEN4_PROXY_LISTEN": "8080",
     "GEN4_PROXY_UPSTREAM": "127.0.0.1:5000",

@@ -1,4 +1,4 @@
-"""The real Predictor with a fault injector, for tests/test_faults.py only.
+"""The real Predictor with a fault injector, for tests/server/test_faults.py only.
 
 A prompt containing `inject-oom` makes the UNet raise torch.OutOfMemoryError (what CUDA raises)
 at its first call in that prediction; `release_memory` says in the prediction's logs when it runs,

@@ -56,7 +56,7 @@ MAX_REFERENCE_BYTES = 3 * MAX_REFERENCE_PIXELS
 # photo decoded in full costs the host about 10x more (decode, hash, resize). JPEGs decode at a
 # reduced DCT scale, other formats are box-reduced by an integer factor: Pillow's own two-step
 # resize (`reducing_gap`), which leaves 3x the target to the final resize so that the result is
-# indistinguishable from resizing the full image (tests/test_images.py measures it).
+# indistinguishable from resizing the full image (tests/contract/test_images.py measures it).
 REFERENCE_DECODE_SIDE = 3 * 224
 # Runway's API accepts seeds 0..4294967295 (32-bit unsigned).
 SEED_RANGE: tuple[int, int] = (0, 4_294_967_295)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (device tool, carry [".whl"]): install the carried wheels, then run one
 # job, writing its results and log under $OUT. Jobs:
-#   tests   the GPU tests (tests/test_gpu.py), about 1 min
+#   tests   the GPU tests (tests/engine/test_gpu.py), about 1 min
 #   bench   scripts/benchmark.py at 1080p 4:3 on full-size random weights (no compile), ~5 min
 #   compile the same entry with GEN4_COMPILE only (minutes of compiling)
 #   server  time to READY and the server's overhead alone (output as a data URI, then uploaded
@@ -32,7 +32,7 @@ import_time() { # $1: a name for the log
         sed "1i $1" | tee -a "$OUT/import_time.txt"
 }
 gpu_tests() {
-    python3 -m pytest -q -m "gpu or real_weights" tests/test_gpu.py 2>&1 | tee "$OUT/tests.log"
+    python3 -m pytest -q -m "gpu or real_weights" tests/engine/test_gpu.py 2>&1 | tee "$OUT/tests.log"
 }
 case $job in
 tests)

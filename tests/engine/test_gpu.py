@@ -1,6 +1,6 @@
 """On a CUDA GPU (skipped elsewhere): the fp16 path end to end, and the real weights' images.
 
-Run on a GPU machine with `python -m pytest -q -m "gpu or real_weights" tests/test_gpu.py`.
+Run on a GPU machine with `python -m pytest -q -m "gpu or real_weights" tests/engine/test_gpu.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from model.serving.settings import Settings
 from model.serving.setup import build_service
 from tests.conftest import png_bytes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 needs_real_weights = pytest.mark.skipif(
     bool(missing_repos(ROOT / "weights")), reason="weights/ lacks the real weights (scripts/download_weights.py)"
@@ -87,7 +87,7 @@ def test_the_idle_warm_up_leaves_a_request_of_its_shape_no_graph_to_capture(tiny
     jobs = service.idle_warmup
     assert service.warm_up(jobs, service.idle_warmup_steps) == len(jobs) == 13
     captures = service.graphs.captures
-    assert captures == 29  # as counted on the CPU's stand-in (tests/test_warmup.py)
+    assert captures == 29  # as counted on the CPU's stand-in (tests/serving/test_warmup.py)
     refs = tagged_request(tmp_path).reference_images
     service.predict(Request("@woman with @man and @dog", "1080p", "16:9", ["woman", "man", "dog"], refs, seed=3))
     service.predict(Request("a lighthouse", "1080p", "16:9", [], refs[:2], seed=3))  # global references

@@ -1,7 +1,7 @@
 """The idle warm-up (model/serving/warmup.py): what it generates, that it leaves a request of its shapes no
 graph to capture, that a prediction stops it and it goes on after, and the real server with it.
 
-Graphs are captured with `rerun`, the CPU stand-in of tests/test_graphs.py: each key's capture and
+Graphs are captured with `rerun`, the CPU stand-in of tests/engine/test_graphs.py: each key's capture and
 replay happen as on a GPU, so the captures counted here are those a GPU would make.
 """
 
@@ -30,8 +30,8 @@ from model.serving.settings import Settings
 from model.serving.setup import build_service
 from model.serving.warmup import IdleWarmup, WarmupJob, warmup_jobs, warmup_steps
 from tests.conftest import OFFLINE_ENV, png_bytes
-from tests.test_graphs import digest
-from tests.test_queue import SteppingGenerator
+from tests.engine.test_graphs import digest
+from tests.serving.test_queue import SteppingGenerator
 
 STEPS = 6  # a request's base steps here; the warm-up runs warmup_steps(6) = 5
 ENTRY = ("1080p", "1:1")  # the cheapest entry with a refine pass (1024x1024 refined to 1080x1080)

@@ -1,7 +1,7 @@
 """The generation queue on its own: FIFO, one at a time, cancel while waiting and while running.
 
 The ImageService is replaced by a stand-in whose run() takes steps and honours should_stop exactly as
-the real one does (tests/test_server.py runs the real one through Cog).
+the real one does (tests/server/test_server.py runs the real one through Cog).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class SteppingGenerator:
         self.running = 0
         self.max_running = 0
         self.lock = threading.Lock()
-        self.idle_warmup: list = []  # the server's idle warm-up: tests/test_warmup.py
+        self.idle_warmup: list = []  # the server's idle warm-up: tests/serving/test_warmup.py
 
     def validate(self, request: Request, should_stop: Callable[[], bool] | None = None) -> Request:
         if not request.prompt.strip():

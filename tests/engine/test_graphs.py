@@ -4,7 +4,7 @@ A CUDA graph replays its capture's kernels over its input buffers, with the capt
 decisions frozen. `rerun` does the same on a CPU: each replay runs the step again over the same
 buffers with the same frozen phase and no per-pass cache, so that anything a graph would bake in
 (a request's tokens, masks, embeddings, a cached projection) shows here as a wrong image. The real
-capture runs in tests/test_gpu.py on a GPU.
+capture runs in tests/engine/test_gpu.py on a GPU.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""scripts/healthcheck.py's rules on their own (against real servers: tests/test_recovery.py)."""
+"""scripts/healthcheck.py's rules on their own (against real servers: tests/server/test_recovery.py)."""
 
 from __future__ import annotations
 

@@ -4,17 +4,14 @@ Pillow to the very pixels written, at Pillow's size."""
 from __future__ import annotations
 
 import io
-import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from harness.images import photo_like
-from model.serving.output import OutputWriter, make_masks_dir
 from model.serving.png import PngEncoder, encode_png, paeth_rows
 
 
@@ -98,34 +95,3 @@ def test_as_small_as_pillows_level_1_on_a_photo_like() -> None:
 def test_other_modes_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match="'P' is not one of L, RGB, RGBA"):
         encode_png(Image.new("P", (8, 8)))
-
-
-def test_output_writer_writes_png_that_reads_back() -> None:
-    image = photo_like(960, 720, seed=3)
-    writer = OutputWriter("png")
-    path = writer.write(image, seed=7)
-    assert path.suffix == ".png"
-    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    np.testing.assert_array_equal(decoded(path.read_bytes()), np.asarray(image))
-    writer.close()
-
-
-def test_output_writer_keeps_the_last_outputs_and_removes_all_when_closed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    writer = OutputWriter("png", keep=2)
-    paths = [writer.write(Image.new("RGB", (8, 8), (k, 0, 0)), seed=k) for k in range(3)]
-    assert len({p.parent for p in paths}) == 3, "each output has a folder of its own"
-    assert [p.exists() for p in paths] == [False, True, True]
-    assert list(tmp_path.iterdir()) == [writer.root]
-    writer.close()
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_masks_folder_is_made_at_setup_or_refused_by_name(tmp_path: Path) -> None:
-    make_masks_dir(tmp_path / "a" / "b")
-    assert (tmp_path / "a" / "b").is_dir()
-    (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(RuntimeError, match=r"GEN4_MASKS_DIR='.*/file' cannot be used as a folder"):
-        make_masks_dir(tmp_path / "file")

@@ -14,7 +14,7 @@ import requests
 
 from harness.server import CogServer
 from tests.conftest import OFFLINE_ENV
-from tests.test_server import WebhookReceiver, server_log, submit
+from tests.server.test_server import WebhookReceiver, server_log, submit
 
 FAULT_LOG: dict[str, Path] = {}  # by server URL: one line each time release_memory ran
 SERVER_LOG: dict[str, Path] = {}  # by server URL: coglet's own log, one JSON object per line

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from docker.utils.build import exclude_paths
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COG_EXCLUDES = [".cog"]  # Cog's own, whatever .dockerignore says
 MAX_BYTES = 4 << 20  # nothing the image needs from the project is over a few MB
 # Paths (relative to the project) that must never reach the image.

@@ -1,6 +1,6 @@
 """The shipped deployments: the Kubernetes manifest valid against Kubernetes' own schemas, the
 compose file against the Compose Specification's schema, both wired to Cog's health check,
-draining, the queue bound in cog.yaml and the one nginx config (tests/test_proxy.py runs it)."""
+draining, the queue bound in cog.yaml and the one nginx config (tests/server/test_proxy.py runs it)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import yaml
 from harness.server import cog_environment, max_concurrency
 from scripts.proxy import DEFAULTS, ENVSUBST_FILTER, TEMPLATE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "deploy" / "kubernetes.yaml"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 # The Compose Specification's own JSON schema (what `docker compose` validates with), from
 # github.com/compose-spec/compose-spec, schema/compose-spec.json at a08f8d5 (2025-10-28), Apache-2.0.
-COMPOSE_SCHEMA = Path(__file__).resolve().parent / "schemas" / "compose-spec.json"
+COMPOSE_SCHEMA = ROOT / "tests" / "schemas" / "compose-spec.json"
 KUBERNETES_VERSION = "1.31.0"
 
 

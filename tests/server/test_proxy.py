@@ -19,7 +19,7 @@ from harness.server import CogServer, max_concurrency
 from model.contract.tables import OUTPUT_SIZES
 from scripts.proxy import DEFAULTS, TEMPLATE, NginxProxy, nginx_binary, render, template_variables
 from tests.conftest import data_uri, image_from_data_uri, png_bytes
-from tests.test_server import WebhookReceiver, wait_in_flight
+from tests.server.test_server import WebhookReceiver, wait_in_flight
 
 # CI installs nginx (.ci/run): there a missing nginx fails the tests instead of skipping them.
 pytestmark = pytest.mark.skipif(

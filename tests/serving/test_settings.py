@@ -11,7 +11,7 @@ import pytest
 
 from model.serving.settings import Settings, env_name, settings_from_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_settings() -> dict[str, str]:

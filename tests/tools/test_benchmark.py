@@ -12,7 +12,7 @@ import pytest
 from model.contract.tables import REFERENCE_DECODE_SIDE
 from scripts.lab.host_overhead import SAVINGS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

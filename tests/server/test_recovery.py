@@ -1,7 +1,7 @@
 """Recovery, on servers of their own (each test here breaks its server for good): the liveness
 check (scripts/healthcheck.py) fails on a dead worker, a full disk and slots stuck BUSY, drain
 (scripts/drain.py) does not wait for a dead worker, and a full disk fails a prediction with a clear
-error and no partial file. The check's rules on their own: tests/test_healthcheck.py."""
+error and no partial file. The check's rules on their own: tests/tools/test_healthcheck.py."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import requests
 from harness.server import ROOT, CogServer
 from scripts.drain import drain
 from tests.conftest import OFFLINE_ENV
-from tests.test_server import wait_in_flight
+from tests.server.test_server import wait_in_flight
 
 SMALL = {"prompt": "a lighthouse", "resolution": "720p", "aspect_ratio": "1:1"}
 # A 720x720 output of the tiny model is noise, about 1.6 MB as PNG: the small disk holds a few.
@@ -149,7 +149,7 @@ def test_a_dead_worker_fails_the_check_and_drain_does_not_wait_for_it(
 
 def test_slots_stuck_busy_past_the_limit_fail_the_check(servers: tuple[Served, Served]) -> None:
     """coglet 0.23.1 never frees the slot of a 300-character prediction id (the proxy refuses such
-    ids: tests/test_proxy.py): here, sent to coglet directly, it holds the single slot for good."""
+    ids: tests/server/test_proxy.py): here, sent to coglet directly, it holds the single slot for good."""
     served = servers[1]
     assert served.healthcheck("--busy-limit", "1").returncode == 0
     response = requests.put(
