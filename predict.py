@@ -35,7 +35,7 @@ class Predictor(BaseRunner):
         """Cog's own health check: an error here makes /health-check say UNHEALTHY with its text
         (a full disk: every prediction would fail after generating), which the liveness probe
         (scripts/healthcheck.py) acts on."""
-        problem = self.queue.service.output.problem()
+        problem = self.queue.problem()
         if problem:
             raise RuntimeError(problem)
         return True

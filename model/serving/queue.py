@@ -57,6 +57,10 @@ class PredictionQueue:
             )
         self.warmup.poke()
 
+    def problem(self) -> str | None:
+        """What would fail every prediction now (no room for outputs), or None: Cog's health check."""
+        return self.service.output.problem()
+
     def _warm(self, job: WarmupJob, stop: Callable[[], bool]) -> bool:
         return self.service.warm_up([job], self.service.idle_warmup_steps, stop) == 1
 
