@@ -4,8 +4,10 @@ on the output and how much its view looks like a reference (the tiny weights' re
 
 from __future__ import annotations
 
+import io
 import json
 import re
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +16,20 @@ from PIL import Image
 from transformers import CLIPVisionModelWithProjection
 
 from harness.images import photo_like
+from model.contract.request import Request
 from model.engine.pipeline import clip_processor
 from model.engine.placement.binding import Binding, Kind
-from model.engine.plan import Plan
+from model.engine.plan import Plan, plan_for
 from model.engine.weights import IMAGE_ENCODER_SUBFOLDER, IP_ADAPTER
+from model.serving.service import ImageService
 from scripts import evaluate
 from scripts.eval.regions import ClipScorer, mask_on_output, masked_view
-from scripts.eval.render import Condition, Rendered
-from scripts.eval.run import score_case, weights_folder
+from scripts.eval.render import Condition, Plain, Rendered, make_reference, render, render_case
+from scripts.eval.run import load_service, score_case, weights_folder
 from scripts.eval.scores import Score, leakage_matrix, summary
 from scripts.eval.stats import bootstrap_ci, paired_difference
-from scripts.eval.suite import CASES, REFERENCE_KEYS, Case
-from tests.conftest import small_plans
+from scripts.eval.suite import CASES, DEFAULT_ENTRY, REFERENCE_ENTRY, REFERENCE_KEYS, REFERENCES, Case
+from tests.conftest import data_uri, small_plans
 
 E2E_CASES = ("opaque", "two-names", "three")  # 1, 2 and 3 tags; an opaque tag, names, a place
 
@@ -89,6 +93,65 @@ def test_the_report_writes_every_image(report: Path) -> None:
     with Image.open(out / "grid.png") as grid:
         assert grid.height >= 3 * 192 and grid.width >= 4 * 192
     assert "![grid](grid.png)" in report.read_text()
+
+
+# The three conditions, through the server's own generation.
+
+
+@pytest.fixture(scope="module")
+def service(tiny_weights: Path) -> ImageService:
+    return load_service(tiny_weights, steps=2, device="cpu")
+
+
+def pixels(image: Image.Image | Path) -> np.ndarray:
+    with Image.open(image) if isinstance(image, Path) else nullcontext(image) as opened:
+        return np.asarray(opened.convert("RGB"), dtype=np.int16)
+
+
+def test_references_and_the_localized_run_are_what_the_server_makes(service: ImageService) -> None:
+    """A reference is the server's output for its prompt and seed without references; the
+    localized condition is the server's output for the case's request."""
+    with small_plans(6):
+        reference = REFERENCES[0]
+        made = make_reference(service, reference, plan_for(*REFERENCE_ENTRY))
+        served = service.predict(Request(reference.prompt, *REFERENCE_ENTRY, seed=reference.seed))
+        assert (pixels(made.image) == pixels(served)).all()
+        case = CASES["two-names"]
+        images = {"woman": photo_like(96, 96, seed=1), "man": photo_like(96, 96, seed=2)}
+        outputs = render_case(service, case, images, 5, plan_for(*DEFAULT_ENTRY), Plain.DIFFUSERS)
+        files = []
+        for _, ref in case.tags:
+            buffer = io.BytesIO()
+            images[ref].save(buffer, "PNG")
+            files.append(data_uri(buffer.getvalue()))
+        tags = [tag for tag, _ in case.tags]
+        served = service.predict(
+            Request(case.prompt, *DEFAULT_ENTRY, reference_tags=tags, reference_images=files, seed=5)
+        )
+    localized = outputs[Condition.LOCALIZED]
+    assert (pixels(localized.image) == pixels(served)).all()
+    assert localized.masks is not None and localized.masks.shape[0] == 2
+    assert [b.tag for b in localized.bindings] == tags
+    text, plain = pixels(outputs[Condition.TEXT].image), pixels(outputs[Condition.PLAIN].image)
+    assert (text != plain).any() and (plain != pixels(localized.image)).any()
+
+
+def test_plain_is_diffusers_multi_image_ip_adapter(service: ImageService) -> None:
+    """diffusers attends over all references' tokens at once; bound as global, each reference has
+    its own attention: the same for one reference, not for two."""
+    images = [photo_like(96, 96, seed=1), photo_like(96, 96, seed=2).rotate(90)]
+    with small_plans(6):
+        plan = plan_for(*DEFAULT_ENTRY)
+
+        def plain(count: int, how: Plain) -> np.ndarray:
+            tags = ["ref1", "ref2"][:count]
+            prompt = " and ".join(f"@{t}" for t in tags)
+            rendered = render(service, prompt, tags, images[:count], 3, plan, Condition.PLAIN, how)
+            return pixels(rendered.image)
+
+        one = np.abs(plain(1, Plain.DIFFUSERS) - plain(1, Plain.GLOBAL)).mean()
+        two = np.abs(plain(2, Plain.DIFFUSERS) - plain(2, Plain.GLOBAL)).mean()
+    assert one < 0.5 and two > 2, (one, two)
 
 
 # The statistics, on known inputs.
