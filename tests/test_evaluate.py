@@ -16,6 +16,7 @@ from PIL import Image
 from transformers import CLIPVisionModelWithProjection
 
 from harness.images import photo_like
+from model.contract.prompt import parse_prompt
 from model.contract.request import Request
 from model.engine.pipeline import clip_processor
 from model.engine.placement.binding import Binding, Kind
@@ -110,7 +111,8 @@ def pixels(image: Image.Image | Path) -> np.ndarray:
 
 def test_references_and_the_localized_run_are_what_the_server_makes(service: ImageService) -> None:
     """A reference is the server's output for its prompt and seed without references; the
-    localized condition is the server's output for the case's request."""
+    localized condition is the server's output for the case's request, the text-only one its
+    output for the same text without references."""
     with small_plans(6):
         reference = REFERENCES[0]
         made = make_reference(service, reference, plan_for(*REFERENCE_ENTRY))
@@ -128,11 +130,14 @@ def test_references_and_the_localized_run_are_what_the_server_makes(service: Ima
         served = service.predict(
             Request(case.prompt, *DEFAULT_ENTRY, reference_tags=tags, reference_images=files, seed=5)
         )
+        # Text only: the server's output for the prompt's text (tags as their words), no reference.
+        text_only = service.predict(Request(parse_prompt(case.prompt).text, *DEFAULT_ENTRY, seed=5))
     localized = outputs[Condition.LOCALIZED]
     assert (pixels(localized.image) == pixels(served)).all()
     assert localized.masks is not None and localized.masks.shape[0] == 2
     assert [b.tag for b in localized.bindings] == tags
     text, plain = pixels(outputs[Condition.TEXT].image), pixels(outputs[Condition.PLAIN].image)
+    assert (text == pixels(text_only)).all()
     assert (text != plain).any() and (plain != pixels(localized.image)).any()
 
 
