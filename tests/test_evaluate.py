@@ -78,9 +78,17 @@ def test_the_report_numbers_are_its_scores(report: Path) -> None:
     assert keys[0] == keys[1] == keys[2] and keys[0]
     for key in keys[0]:
         assert len({by_condition[c][key].area for c in by_condition}) == 1, "the conditions' regions differ"
+    text = report.read_text()
     for condition in map(str, Condition):
         own = [s.own_inside for s in by_condition[condition].values()]
         assert results["summary"][condition]["own ref inside"]["mean"] == pytest.approx(np.mean(own))
+        # The tables are these scores' (the bootstrap is seeded: the same intervals again).
+        row = " | ".join("–" if v is None else str(v) for v in summary(scores, condition).values())
+        assert f"| {condition} | {row} |" in text
+        section = text.split(f"## Leakage matrix: {condition}\n", 1)[1].split("\n## ", 1)[0]
+        for ref, cells in leakage_matrix(scores, condition).items():
+            n = next((c.n for c in cells.values() if c is not None), 0)
+            assert f"| {ref} (n={n}) | " + " | ".join("–" if c is None else str(c) for c in cells.values()) in section
     # The localized run's kinds: the place of "three" is its place.
     park = next(s for s in scores if s.case == "three" and s.tag == "park")
     assert park.kind == "place"
