@@ -28,6 +28,7 @@ from scripts.eval.stats import LEVEL, RESAMPLES, Interval
 from scripts.eval.suite import REFERENCE_ENTRY, REFERENCES
 
 THUMB = 192
+GAP = 4  # between two thumbnails
 LABEL_WIDTH = 170
 PLAIN_TEXT = {
     Plain.DIFFUSERS: "diffusers' own multi-image IP-Adapter (the pipeline called without the region state: "
@@ -104,9 +105,10 @@ def timing(result: Evaluation) -> dict[str, dict[str, float]]:
     refs = result.reference_seconds
     out["references"] = {"images": len(refs), "median_s": statistics.median(refs), "total_s": sum(refs)}
     outputs = len(result.outputs) * len(Condition)
-    out["scoring"] = {
+    # Scoring is timed per case and seed (three outputs at once): its "median" is the mean per output.
+    out["scoring (mean)"] = {
         "images": outputs,
-        "median_s": result.scoring_seconds / max(outputs, 1),  # a mean: scoring is timed per case
+        "median_s": result.scoring_seconds / max(outputs, 1),
         "total_s": result.scoring_seconds,
     }
     return out
@@ -128,6 +130,9 @@ def markdown(result: Evaluation, info: dict, times: dict[str, dict[str, float]])
         f"{info['warmup_fraction']:.0%} of the steps, threshold {info['threshold']}, anchor `{info['anchor']}`. "
         f"Seeds {', '.join(map(str, info['seeds']))}; {len(info['cases'])} cases; "
         f"{len(scores) // len(Condition)} tags scored per condition.",
+        "",
+        "Seconds per image: generation (denoising and decoding, the adapter's work included), the references'"
+        " generation, and the CLIP scoring of an output's regions.",
         "",
         "| timing | images | median s per image | total s |",
         "|---|---|---|---|",
@@ -234,7 +239,7 @@ def markdown(result: Evaluation, info: dict, times: dict[str, dict[str, float]])
 def labelled_strip(images: list[Image.Image], label: str, labels: list[str] | None = None) -> Image.Image:
     """One row of thumbnails with a label on its left (and one above each, when given)."""
     top = 14 if labels else 0
-    strip = Image.new("RGB", (LABEL_WIDTH + THUMB * len(images), THUMB + top), "white")
+    strip = Image.new("RGB", (LABEL_WIDTH + (THUMB + GAP) * len(images), THUMB + top + GAP), "white")
     draw = ImageDraw.Draw(strip)
     draw.multiline_text((6, top + 6), label, fill="black")
     for k, image in enumerate(images):
@@ -242,9 +247,9 @@ def labelled_strip(images: list[Image.Image], label: str, labels: list[str] | No
         scale = min(THUMB / image.width, THUMB / image.height)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         thumb = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-        strip.paste(thumb, (LABEL_WIDTH + THUMB * k + (THUMB - size[0]) // 2, top + (THUMB - size[1]) // 2))
+        strip.paste(thumb, (LABEL_WIDTH + (THUMB + GAP) * k + (THUMB - size[0]) // 2, top + (THUMB - size[1]) // 2))
         if labels:
-            draw.text((LABEL_WIDTH + THUMB * k + 4, 1), labels[k], fill="black")
+            draw.text((LABEL_WIDTH + (THUMB + GAP) * k + 4, 1), labels[k], fill="black")
     return strip
 
 

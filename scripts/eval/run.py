@@ -139,6 +139,8 @@ def weights_folder(weights_dir: Path, tiny: bool, tiny_dir: Path | None, full_ra
     if tiny_dir is not None and (tiny_dir / TINY_MARKER).is_file():
         yield tiny_dir
         return
+    if full_random and not torch.cuda.is_available():
+        raise SystemExit("--full-random is for GPU timing: no CUDA device here (use --tiny on a CPU)")
     with tempfile.TemporaryDirectory(prefix="evaluate-weights-") as scratch:
         folder = tiny_dir or Path(scratch) / "weights"
         command = [sys.executable, str(ROOT / "scripts" / "make_random_weights.py"), str(folder)]
