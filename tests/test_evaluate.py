@@ -280,7 +280,7 @@ def test_masked_view_is_the_region_in_a_square_of_the_fill() -> None:
 
 
 def test_masks_land_on_the_output_as_the_last_pass_applied_them() -> None:
-    mask = np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    mask = np.array([[1.0, 0.49, 0, 0], [0.5, 0, 0, 0]])  # soft weights: the region is 0.5 or more
     # Downscaled: the base's layout, covered and centre-cropped as the image is (2 columns cut).
     cropped = mask_on_output(mask, Plan(base=(64, 32), target=(60, 32)))
     assert cropped.shape == (32, 60) and cropped[:, :14].all() and not cropped[:, 14:].any()

@@ -25,10 +25,11 @@ MIN_AREA = 0.01
 
 
 def mask_on_output(mask: np.ndarray, plan: Plan) -> np.ndarray:
-    """A [h, w] mask of the last pass, as a bool [height, width] mask on the output's pixels. A
-    refine pass applies the masks stretched to its latent (which is the output's); a base pass
-    that is downscaled is brought to the output as the image is, by cover and centre crop."""
-    image = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8))
+    """A [h, w] mask of the last pass (weights in 0..1; the region is where it is 0.5 or more), as a
+    bool [height, width] mask on the output's pixels. A refine pass applies the masks stretched to
+    its latent (which is the output's); a base pass that is downscaled is brought to the output as
+    the image is, by cover and centre crop."""
+    image = Image.fromarray((np.clip(mask, 0, 1) * 255).round().astype(np.uint8))
     if plan.refine:
         out = image.resize(plan.target, Image.Resampling.NEAREST)
     else:
