@@ -32,12 +32,12 @@ from scripts.eval.stats import bootstrap_ci, paired_difference
 from scripts.eval.suite import CASES, DEFAULT_ENTRY, REFERENCE_ENTRY, REFERENCE_KEYS, REFERENCES, Case
 from tests.conftest import data_uri, small_plans
 
-E2E_CASES = ("opaque", "two-names", "three")  # 1, 2 and 3 tags; an opaque tag, names, a place
+E2E_CASES = ("opaque", "three")  # 1 and 3 tags: an opaque tag; two people in a place, in another order
 
 
 @pytest.fixture(scope="module")
 def report(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One evaluation on the tiny weights: 3 cases, 1 seed, 2 steps, at a 36th of the pixels."""
+    """One evaluation on the tiny weights: 2 cases, 1 seed, 2 steps, at a 36th of the pixels."""
     out = tmp_path_factory.mktemp("evaluation")
     argv = ["--tiny-weights-dir", str(tiny_weights), "--seeds", "1", "--steps", "2", "--device", "cpu"]
     with small_plans(6):
@@ -100,7 +100,7 @@ def test_the_report_writes_every_image(report: Path) -> None:
     assert len(list((out / "images").glob("*.png"))) == 3 * len(E2E_CASES)
     assert len(list((out / "overlays").glob("*.png"))) == len(E2E_CASES)
     with Image.open(out / "grid.png") as grid:
-        assert grid.height >= 3 * 192 and grid.width >= 4 * 192
+        assert grid.height >= len(E2E_CASES) * 192 and grid.width >= 4 * 192
     assert "![grid](grid.png)" in report.read_text()
 
 
