@@ -29,8 +29,8 @@ from scripts.eval.render import Condition, Plain, Rendered, make_reference, rend
 from scripts.eval.run import load_service, score_case, weights_folder
 from scripts.eval.scores import Score, leakage_matrix, summary
 from scripts.eval.stats import bootstrap_ci, paired_difference
-from scripts.eval.suite import CASES, DEFAULT_ENTRY, REFERENCE_ENTRY, REFERENCE_KEYS, REFERENCES, Case
-from tests.conftest import data_uri, small_plans
+from scripts.eval.suite import CASES, DEFAULT_ENTRY, REFERENCE_ENTRY, REFERENCE_KEYS, REFERENCES, SUITE, Case
+from tests.conftest import data_uri, png_bytes, small_plans
 
 E2E_CASES = ("opaque", "three")  # 1 and 3 tags: an opaque tag; two people in a place, in another order
 
@@ -147,6 +147,14 @@ def test_references_and_the_localized_run_are_what_the_server_makes(service: Ima
     text, plain = pixels(outputs[Condition.TEXT].image), pixels(outputs[Condition.PLAIN].image)
     assert (text == pixels(text_only)).all()
     assert (text != plain).any() and (plain != pixels(localized.image)).any()
+
+
+@pytest.mark.parametrize("case", SUITE, ids=[c.id for c in SUITE])
+def test_every_case_is_a_request_the_server_takes(service: ImageService, case: Case) -> None:
+    tags = [tag for tag, _ in case.tags]
+    images = [data_uri(png_bytes((64, 64)))] * len(tags)
+    valid = service.validate(Request(case.prompt, *DEFAULT_ENTRY, reference_tags=tags, reference_images=images, seed=1))
+    assert [r.tag for r in valid.references] == tags
 
 
 def test_plain_is_diffusers_multi_image_ip_adapter(service: ImageService) -> None:
