@@ -133,6 +133,7 @@ CASES = [
         ("seed: 4294967296 is out of range; use 0 to 4294967295",),
     ),
     Case("seed of the wrong type", {"prompt": "x", "seed": "lucky"}, "422", ("seed",)),
+    Case("seed 1.5", {"prompt": "x", "seed": 1.5}, "422", ("seed", '1.5 is not of type \\"integer\\"')),
     Case(
         "a prompt of NUL and zero-width characters",
         {"prompt": "\x00\u200b\u200d"},
