@@ -5,7 +5,7 @@ can admit up to cog.yaml's `concurrency.max` predictions at once; model/serving/
 generations one at a time, first in first out, instead of answering 409.
 """
 
-from cog import BaseRunner, Input, Path
+from cog import BaseRunner, CancelationException, Input, Path
 
 from model.serving.prefetch import prefetch_weights
 
@@ -20,6 +20,7 @@ from model.contract.tables import (  # noqa: E402
     DEFAULT_RESOLUTION,
     RESOLUTIONS,
 )
+from model.serving.cancel import describe_cancel  # noqa: E402
 from model.serving.fetch import ReferenceURI  # noqa: E402
 from model.serving.queue import PredictionQueue  # noqa: E402
 from model.serving.setup import service_from_env  # noqa: E402
@@ -28,6 +29,9 @@ from model.serving.setup import service_from_env  # noqa: E402
 class Predictor(BaseRunner):
     def setup(self) -> None:
         """Load the model from WEIGHTS_DIR (default weights/); settings come from GEN4_* variables."""
+        # coglet raises this without a message on a cancel that comes while it starts a prediction
+        # (model/serving/cancel.py): with one, the error says what happened.
+        describe_cancel(CancelationException)
         service = service_from_env()
         self.queue = PredictionQueue(service, service.settings.queue_state_file)
 

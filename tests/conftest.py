@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import subprocess
 import sys
@@ -121,3 +122,19 @@ def cog_server(tiny_weights: Path, queue_state_file: Path) -> Iterator[CogServer
             server.stop()
     # Every output the server wrote (dozens over the session) goes when it stops.
     assert not list(tmp.glob("gen4-out-*")), f"the stopped server left its outputs in {tmp}"
+    # No prediction of the session failed with an error that says nothing (issue 36).
+    failed = [
+        e["fields"] for e in server_events(folder / "server.log") if e["fields"].get("message") == "Prediction failed"
+    ]
+    assert not [f for f in failed if says_nothing(f.get("error"))], failed
+
+
+def server_events(path: Path) -> list[dict]:
+    """Every event in a coglet server's JSON log."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def says_nothing(error: str | None) -> bool:
+    """An error that is empty, or names a kind of failure and then nothing, as coglet's
+    "Input validation error: " for an exception without a message."""
+    return not (error or "").strip() or (error or "").rstrip().endswith(":")

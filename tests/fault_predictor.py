@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import torch
 
-from model.contract.request import Request
+from model.contract.request import Request, ValidRequest
 from model.serving.logs import say
 from predict import Predictor
 
@@ -25,9 +26,9 @@ class FaultyPredictor(Predictor):
         armed = {"oom": False}
         validate, forward, release = service.validate, service.pipe.unet.forward, service.release_memory
 
-        def validate_and_arm(request: Request):
+        def validate_and_arm(request: Request, should_stop: Callable[[], bool] | None = None) -> ValidRequest:
             armed["oom"] = "inject-oom" in request.prompt
-            return validate(request)
+            return validate(request, should_stop)
 
         def unet_forward(*args: object, **kwargs: object) -> object:
             if armed["oom"]:

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +28,15 @@ from model.serving.warmup import IdleWarmup, WarmupJob
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def said_nothing(exc: BaseException) -> str:
+    """What failed, for an exception without a message (a library's bare `assert`, a `raise
+    KeyError()`): coglet builds the prediction's error from the exception's text, which would
+    then say nothing ("...AssertionError: "). Its type and where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    return f"{type(exc).__name__} (with no message){where}"
 
 
 class PredictionQueue:
@@ -84,6 +94,10 @@ class PredictionQueue:
         self._publish()
         try:
             return await self._predict(request)
+        except Exception as exc:
+            if str(exc).strip():
+                raise
+            raise RuntimeError(said_nothing(exc)) from exc
         finally:
             self.in_flight -= 1
             self._publish()

@@ -53,27 +53,31 @@ class Canceled(Exception):  # noqa: N818 - the state's name, as Cog reports it
 
 
 def stop_on(should_stop: StopCheck | None) -> Callable[[int, int], None] | None:
-    """A step callback that ends the generation with Canceled between two steps when asked to."""
+    """A step callback that ends the generation with Canceled before the first step or between two
+    steps when asked to (`generate` calls it with 0 before the first step)."""
     if should_stop is None:
         return None
 
     def check(done: int, total: int) -> None:
-        if done and should_stop():
-            raise Canceled(f"canceled after {done} of {total} denoising steps")
+        if should_stop():
+            said = f"after {done} of {total} denoising steps" if done else "before generating"
+            raise Canceled(f"canceled {said}")
 
     return check
 
 
 class Progress:
     """Prints denoising progress as whole percentages, as Replicate's logs show it, and stops the
-    loop between two steps when asked to."""
+    loop before the first step or between two steps when asked to."""
 
     def __init__(self, should_stop: StopCheck | None = None, every: int = 10) -> None:
         self.stop = stop_on(should_stop)
         self.every = every
         self.last = -every
+        self.done = 0  # denoising steps run so far
 
     def __call__(self, done: int, total: int) -> None:
+        self.done = done
         if self.stop is not None:
             self.stop(done, total)
         percent = 100 * done // total
@@ -114,6 +118,10 @@ class ImageService:
     idle_warmup_steps: int = 0
     compile_s: float | None = None  # GEN4_COMPILE's compile and warm-up at setup
     last_timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, latest prediction
+    # Denoising steps run for predictions since setup (published with the queue's state): how a test
+    # on the real server sees that a canceled prediction never generated, whatever its logs say
+    # (coglet routes no log line of a prediction after it reported it canceled).
+    steps_run: int = 0
 
     def predict(self, request: Request, should_stop: StopCheck | None = None) -> Path:
         """Run one request end to end and return the output file."""
@@ -134,7 +142,10 @@ class ImageService:
 
     def run(self, valid: ValidRequest, should_stop: StopCheck | None = None) -> Path:
         """Stages 3 to 6 for a validated request. `should_stop` is checked after every denoising
-        step: when it says so, the prediction ends with Canceled within one step."""
+        step: when it says so, the prediction ends with Canceled within one step, and one that was
+        canceled before it got here ends before any model work."""
+        if should_stop is not None and should_stop():
+            raise Canceled("canceled before generating")
         seed = valid.seed if valid.seed is not None else secrets.randbelow(2**32)
         prepared = self.prepare(valid.prompt, [r.tag for r in valid.references], plan_for(*valid.entry))
         width, height = prepared.plan.target
@@ -146,8 +157,9 @@ class ImageService:
         say(prepared.plan.describe())
         started = time.perf_counter()
         clock = Stopwatch(self.runtime.device)
+        progress = Progress(should_stop)
         try:
-            generation = self._generate(valid, prepared, seed, clock, should_stop)
+            generation = self._generate(valid, prepared, seed, clock, progress)
         except Canceled:
             self.release_memory()
             raise
@@ -158,6 +170,8 @@ class ImageService:
                 f"out of GPU memory while generating {width}x{height} "
                 f"with {len(valid.references)} reference(s); the server is still ready ({exc})"
             ) from None
+        finally:
+            self.steps_run += progress.done
         # 6. Check the output when asked (a flagged one fails here, nothing written), then write
         #    it (and, when asked, the tag masks).
         if self.safety is not None:
@@ -174,7 +188,7 @@ class ImageService:
         return path
 
     def _generate(
-        self, valid: ValidRequest, prepared: Prepared, seed: int, clock: Stopwatch, should_stop: StopCheck | None
+        self, valid: ValidRequest, prepared: Prepared, seed: int, clock: Stopwatch, progress: Progress
     ) -> Generation:
         # 3. Encode the references (cached).
         with clock.stage("reference encoding"):
@@ -188,7 +202,7 @@ class ImageService:
         # 5. Denoise and decode, following the size's plan.
         say("Generating...")
         inputs = self._inputs(prepared, seed, encoded, text)
-        generation = generate(self.pipe, self.refiner, inputs, self.runtime, clock, Progress(should_stop))
+        generation = generate(self.pipe, self.refiner, inputs, self.runtime, clock, progress)
         if generation.tiled_decode:
             say("VAE decode ran out of memory whole; decoded in tiles instead")
         for line in coverage_lines(generation.regions[-1]):
@@ -258,7 +272,8 @@ class ImageService:
         say(f"Tag masks written to {path}")
 
     def stats(self) -> dict[str, int]:
-        """Cache sizes and bounds, published with the queue's state (for the soak test)."""
+        """Cache sizes and bounds (for the soak test) and the denoising steps run, published with the
+        queue's state."""
         return {
             "reference_cache": len(self.encoder.cache),
             "reference_cache_capacity": self.encoder.cache.capacity,
@@ -266,6 +281,7 @@ class ImageService:
             "text_cache_capacity": self.text.cache.capacity,
             "decoded_cache_bytes": self.decoded.weight if self.decoded else 0,
             "decoded_cache_capacity_bytes": self.decoded.capacity if self.decoded else 0,
+            "steps_run": self.steps_run,
         }
 
     def release_memory(self) -> None:

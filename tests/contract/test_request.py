@@ -6,7 +6,7 @@ import pytest
 
 from model.contract.errors import InputError
 from model.contract.prompt import find_mentions, parse_prompt
-from model.contract.request import Request, check_fields
+from model.contract.request import Request, check_fields, check_seed
 
 
 def req(**kw: object) -> Request:
@@ -26,6 +26,8 @@ BAD = [
     ({"aspect_ratio": "5:4"}, "aspect_ratio", "16:9, 9:16, 4:3, 3:4, 1:1, 21:9"),
     ({"seed": -1}, "seed", "0 to 4294967295"),
     ({"seed": 4294967296}, "seed", "0 to 4294967295"),
+    ({"seed": 1.5}, "seed", "1.5 is not a whole number; use 0 to 4294967295"),
+    ({"prompt": "\x00\u200b\u200d\ufeff"}, "prompt", "is empty (no visible characters)"),
     ({"reference_images": ["a", "b", "c", "d"]}, "reference_images", "at most 3"),
     ({"reference_tags": ["one", "two"], "reference_images": ["a"]}, "reference_tags", "2 tags given for 1"),
     (three(["ab"]), "reference_tags[0]", "'ab' is not a valid tag"),
@@ -55,6 +57,12 @@ def test_bad_fields_name_field_value_and_rule(kwargs: dict, field: str, text: st
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}: ")
     assert text in str(info.value)
+
+
+def test_a_whole_float_seed_is_that_int() -> None:
+    """JSON does not tell 1 from 1.0: a client may send either (issue 36: 1.0 reached torch)."""
+    assert check_seed(1.0) == 1 and type(check_seed(1.0)) is int
+    assert check_seed(4294967295.0) == 4294967295
 
 
 def test_good_request_passes() -> None:

@@ -133,8 +133,16 @@ CASES = [
         ("seed: 4294967296 is out of range; use 0 to 4294967295",),
     ),
     Case("seed of the wrong type", {"prompt": "x", "seed": "lucky"}, "422", ("seed",)),
+    Case("seed 1.5", {"prompt": "x", "seed": 1.5}, "422", ("seed", '1.5 is not of type \\"integer\\"')),
+    Case(
+        "a prompt of NUL and zero-width characters",
+        {"prompt": "\x00\u200b\u200d"},
+        "failed",
+        ("prompt: '\\x00\\u200b\\u200d' is empty (no visible characters)",),
+    ),
     Case("tags not a list", {"prompt": "x", "reference_tags": "woman"}, "422", ("reference_tags",)),
     # Unusual but fine: each gives an image of the exact size.
+    Case("seed 1.0 (JSON's 1)", {"prompt": "x", "seed": 1.0, "aspect_ratio": "1:1"}, "succeeded", ((720, 720),)),
     Case("a CMYK JPEG", one_ref(cmyk_jpeg(), "image/jpeg"), "succeeded", ((1280, 720),)),
     Case("a 16-bit PNG", one_ref(png_16_bit()), "succeeded", ((1280, 720),)),
     Case("a palette PNG with transparency", one_ref(palette_png_with_transparency()), "succeeded", ((1280, 720),)),

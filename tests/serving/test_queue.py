@@ -131,3 +131,20 @@ def test_cancel_while_running_stops_within_one_step_and_frees_the_gpu() -> None:
     # The second started only after the first had stopped: never two on the GPU.
     assert gen.events.index(("stopped", "first")) < gen.events.index(("start", "second"))
     assert gen.max_running == 1
+
+
+def test_an_error_without_a_message_says_what_failed() -> None:
+    """coglet's error is the exception's text: one without any (a library's bare assert) is
+    replaced by its type and where it was raised, never an empty error."""
+
+    class Asserting(SteppingGenerator):
+        def run(self, valid: Request, should_stop) -> Path:
+            raise AssertionError  # what a library's bare `assert` raises (pytest rewrites ours)
+
+    queue = PredictionQueue(Asserting())  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match=r"^AssertionError \(with no message\) at test_queue.py:\d+ in run$"):
+        asyncio.run(queue.predict(request("a")))
+    assert queue.in_flight == 0
+    # An error with its own text passes unchanged.
+    with pytest.raises(InputError, match="must not be blank"):
+        asyncio.run(queue.predict(request(" ")))
