@@ -39,10 +39,10 @@ from model.engine.placement.binding import Binding, Kind, RegionConfig
 
 @dataclass(frozen=True)
 class Placement:
-    """One step's outcome, in binding order: `masks` [n, h, w] (0 or 1); `unclear` [n], whether a
-    tagged reference's map showed no clear region; `alike` [n, n], which pairs of tagged references
-    have maps that cannot be told apart; `backdrop` [n], whether a place took the pixels no tag
-    claims. All bool but the masks; all False for a global reference."""
+    """One step's outcome: `masks` [n, h, w] (0 or 1) in binding order; then, for the tagged
+    references (the bindings that are not global, in binding order), whether each one's map showed
+    no clear region (`unclear`, [k]), which pairs of them cannot be told apart (`alike`, [k, k]),
+    and whether each place took the pixels no tag claims (`backdrop`, [k], False for a subject)."""
 
     masks: torch.Tensor
     unclear: torch.Tensor
@@ -59,8 +59,8 @@ def place(bindings: list[Binding], maps: torch.Tensor, config: RegionConfig) -> 
     device = maps.device
     hw = tuple(maps.shape[-2:])
     if k == 0:  # nothing tagged: every reference everywhere
-        none = torch.zeros(n, dtype=torch.bool, device=device)
-        return Placement(torch.ones(n, *hw, device=device), none, none[:, None] & none, none)
+        none = torch.zeros(0, dtype=torch.bool, device=device)
+        return Placement(torch.ones(n, *hw, device=device), none, none.view(0, 0), none)
     # 3x3 smoothing: a region is a patch of neighbouring pixels, a lone pixel is noise, neither to
     # be a region nor the peak that the region is divided by (Attend-and-Excite smooths a token's
     # map before reading its peak; Prompt-to-Prompt's local blend pools 3x3). The border is
@@ -92,27 +92,15 @@ def place(bindings: list[Binding], maps: torch.Tensor, config: RegionConfig) -> 
     overlap = (own & on_subjects).sum(dim=(1, 2)).float() / area.clamp_min(1.0)
     backdrop = ~competes | (overlap < config.worn_overlap)
 
+    # A subject: its region, or everywhere if it did not compete. A place: its region, and as the
+    # backdrop what no tag claims.
+    tagged = torch.where(
+        subject[:, None, None], own | ~competes[:, None, None], own | (backdrop[:, None, None] & ~claimed)
+    ).float()
     whole = torch.ones(hw, device=device)
     rank = {j: r for r, j in enumerate(mapped)}
-    masks, unclear, backdrops = [], [], []
-    for j, b in enumerate(bindings):
-        r = rank.get(j)
-        if r is None:  # global
-            masks.append(whole)
-            unclear.append(_flag(False, device))
-            backdrops.append(_flag(False, device))
-        elif b.kind is Kind.SUBJECT:
-            masks.append(torch.where(competes[r], own[r].float(), whole))
-            unclear.append(~clear[r])
-            backdrops.append(_flag(False, device))
-        else:
-            masks.append((own[r] | (backdrop[r] & ~claimed)).float())
-            unclear.append(~clear[r])
-            backdrops.append(backdrop[r])
-    # The [k, k] pairs spread to [n, n], global references' rows and columns False.
-    spread = torch.stack([_flag(j == i, device) for i in range(n) for j in mapped]).view(n, k).float()
-    alike = (spread @ pairs.float() @ spread.T) > 0
-    return Placement(torch.stack(masks), torch.stack(unclear), alike, torch.stack(backdrops))
+    masks = torch.stack([whole if j not in rank else tagged[rank[j]] for j in range(n)])
+    return Placement(masks, ~clear, pairs, backdrop & ~subject)
 
 
 def _flag(value: bool, device: torch.device) -> torch.Tensor:

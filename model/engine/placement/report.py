@@ -36,23 +36,22 @@ def coverage_lines(region: RegionState) -> list[str]:
 def placement_lines(bindings: list[Binding], placement: Placement) -> list[str]:
     """In words, where the rule did more than give a tag its region (`bindings` in binding order,
     which is request order)."""
-    n = len(bindings)
+    tagged = [b for b in bindings if b.kind is not Kind.GLOBAL]  # the order of the rule's flags
     flags = torch.cat([placement.unclear[:, None], placement.backdrop[:, None], placement.alike], dim=1).cpu()
     unclear, backdrop, alike = flags[:, 0].tolist(), flags[:, 1].tolist(), flags[:, 2:].tolist()
     lines = []
-    for i, b in enumerate(bindings):
-        if b.kind is Kind.GLOBAL:
-            continue
-        if unclear[i]:
+    for r, b in enumerate(tagged):
+        if unclear[r]:
             lines.append(f"@{b.tag} has no clear region in its attention map, so its reference applies to {_where(b)}")
-        partners = [bindings[j] for j in range(i + 1, n) if alike[i][j]]
-        for other in partners:
+        for s, other in enumerate(tagged[r + 1 :], start=r + 1):
+            if not alike[r][s]:
+                continue
             if _where(b) == _where(other):
                 fallback = f"their references apply to {_where(b)}"
             else:
                 fallback = f"@{b.tag}'s reference applies to {_where(b)} and @{other.tag}'s to {_where(other)}"
             lines.append(f"@{b.tag} and @{other.tag} cannot be told apart in their attention maps, so {fallback}")
-        if b.kind is Kind.PLACE and not backdrop[i]:
+        if b.kind is Kind.PLACE and not backdrop[r]:
             lines.append(
                 f"@{b.tag} lies on a subject (worn or held), so its reference applies to its own region, "
                 "not to the backdrop"
