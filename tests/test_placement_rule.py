@@ -162,10 +162,12 @@ def test_a_place_alone_covers_the_whole_image_from_the_first_step(tokenizer: CLI
 def test_an_opaque_tag_with_no_clear_region_applies_to_the_whole_image(tokenizer: CLIPTokenizer) -> None:
     """ "@chr1x" reads as "chr 1 x", words with no region: its map is flat. Min-max normalisation
     made a region of its noise; now it applies everywhere (as with no tag) and the logs say why,
-    while @woman keeps her region."""
-    planted = Planted(tokenizer, "@chr1x talking to @woman", ["chr1x", "woman"])
+    while @woman keeps her region. (An untagged reference first: the rule's flags are the tagged
+    references', in their order.)"""
+    planted = Planted(tokenizer, "@chr1x talking to @woman", [None, "chr1x", "woman"])
+    assert planted.kinds == ["global", "subject", "subject"]
     masks = planted.step({"chr": flat_noise(0), "1": flat_noise(1), "x": flat_noise(2), "woman": RIGHT})
-    assert torch.all(masks[0] == 1) and torch.equal(masks[1], RIGHT)
+    assert torch.all(masks[:2] == 1) and torch.equal(masks[2], RIGHT)
     assert planted.notes() == [
         "@chr1x has no clear region in its attention map, so its reference applies to the whole image"
     ]
