@@ -14,25 +14,25 @@ from dataclasses import dataclass
 # a word or an e-mail address ("a@b.com" is not a mention of "b").
 MENTION_RE = re.compile(r"(?<![A-Za-z0-9._%+\-@])@([A-Za-z][A-Za-z0-9]*)")
 
-# Words that, before a mention, make it the place rather than a subject ("standing in @park").
-# Left out on purpose: words as often said of people ("next to @man", "behind @woman", "beside",
-# "by", "above", "around" as in "arms around @man"), whose mention stays a subject.
+# Words that, before a mention, make it a candidate for the place rather than a subject
+# ("standing in @park"): words of being inside or amid something. Whether the candidate is the
+# backdrop or something a subject wears or holds ("@woman in @dress") is decided from the attention
+# maps (model/engine/placement/masks.py). Left out on purpose, so that the mention stays a subject:
+# - words that relate two things rather than set a scene: "on", "under", "near", "over",
+#   "beneath", "below" ("@cat on @sofa", "@dog under @table", "@woman near @car": the object gets
+#   its own region, never the background);
+# - words as often said of people: "next to @man", "behind @woman", "beside", "by", "above",
+#   "around" ("arms around @man").
 PLACE_WORDS = (
     "in",
     "at",
     "inside",
-    "on",
     "into",
     "through",
     "across",
-    "near",
-    "over",
-    "under",
     "within",
     "in front of",  # "standing in front of the @house": the house is the backdrop
     "outside",
-    "beneath",
-    "below",
     "along",
     "amid",
     "amidst",
@@ -73,7 +73,7 @@ class ParsedPrompt:
         return tuple(dict.fromkeys(m.tag for m in self.mentions))
 
     def names_a_place(self, tag: str) -> bool:
-        """Whether the tag's first mention names the place ("in @park", "at a busy @cafe"). A
+        """Whether the tag's first mention may name the place ("in @park", "at a busy @cafe"). A
         possessive names its owner, not the place: "a parrot on @woman's shoulder"."""
         first = next(m for m in self.mentions if m.tag == tag)
         if self.text[first.end : first.end + 2] in POSSESSIVES:

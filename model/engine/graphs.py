@@ -15,10 +15,11 @@ capture frozen. So:
   references are still off) and, while they are off, whether any reference is global (if none
   is, the layers skip the adapter). A base pass with tagged subjects uses three graphs (warm-up,
   the last warm-up step that records, localized), a refine pass one. Inside a step, a subject
-  and a place differ only in the number of subjects, which the shape of the tag-token matrix
-  carries (the masks that tell them apart are made between steps), and which references are
-  global is data: so "@woman and @man in @park" replays the graphs of "@ref1 and @ref2 in @ref3",
-  and one global reference among subjects replays the same graphs wherever it stands;
+  and a place do not differ: each records its map, and the shape of the tag-token matrix
+  carries how many do (the masks that tell them apart are made between steps, as is the maps'
+  moving average, which no graph reads), and which references are global is data: so "@woman and
+  @man in @park" replays the graphs of "@ref1 and @ref2 and @ref3", and one global reference
+  among subjects replays the same graphs wherever it stands;
 - per-pass caches kept in Python (each layer's text and adapter keys and values, the image
   projection) are not replayed: the graph computes them on the GPU at every step, a few small
   kernels among the thousands it launches at once.

@@ -1,13 +1,13 @@
 """Idle warm-up: a server's first request of a shape without its CUDA graph captures.
 
-A request's first use of a shape (size, reference count, number of subjects, whether any reference
-is global, phase) captures the UNet's CUDA graphs (model/engine/graphs.py), which makes a server's
-first request of a shape several times slower than the next (docs/performance.md). Capturing at
-setup would delay READY as much, for shapes that may never come. Instead, once setup ends and while no prediction is in
-flight, the server generates the entries of GEN4_WARMUP with each layout of 0 to 3 references
-(mentioned as subjects and places, unmentioned: global, or both), on its GPU thread. A prediction
-that arrives stops it at the next denoising step (a capture under way finishes first), and it
-goes on where it stopped when idle again.
+A request's first use of a shape (size, reference count, number of tagged references, whether any
+reference is global, phase) captures the UNet's CUDA graphs (model/engine/graphs.py), which makes a
+server's first request of a shape several times slower than the next (docs/performance.md).
+Capturing at setup would delay READY as much, for shapes that may never come. Instead, once setup
+ends and while no prediction is in flight, the server generates the entries of GEN4_WARMUP with
+each layout of 0 to 3 references (mentioned, unmentioned: global, or both), on its GPU thread. A
+prediction that arrives stops it at the next denoising step (a capture under way finishes first),
+and it goes on where it stopped when idle again.
 
 The jobs and their step count are planned here (pure: no torch); ImageService.warm_up generates
 them; the queue (model/serving/queue.py) says when the server is busy.
@@ -59,15 +59,16 @@ class WarmupJob:
 def warmup_jobs(entries: Iterable[tuple[str, str]], max_references: int = MAX_REFERENCES) -> list[WarmupJob]:
     """Every layout of references a step's graph tells apart, each plan once (720p and 1080p of
     one aspect ratio share their base pass, not their plan), the most frequent first: no
-    reference; 1 to 3 references with 1 to all of them subjects and the rest places; 1 to 3 none
-    of which is mentioned (no tags, or tags the prompt does not name: global); then 2 or 3 with
-    some subjects and the rest global. A graph tells neither a place from a subject nor one global
-    reference's position from another's, only the number of subjects and whether any reference is
-    global (model/engine/graphs.py): so these cover every request of the entry whose prompt fits CLIP's
-    window of 77 tokens, its references in any order (places are global when no subject is named)."""
+    reference; 1 to 3 references all mentioned; 1 to 3 none of which is mentioned (no tags, or
+    tags the prompt does not name: global); then 2 or 3 with some mentioned and the rest global.
+    A graph tells neither a place from a subject (both record their maps) nor one global
+    reference's position from another's, only the number of tagged references and whether any
+    reference is global (model/engine/graphs.py): so these cover every request of the entry whose
+    prompt fits CLIP's window of 77 tokens, its references in any order, subjects or places
+    (places are global when no subject is named)."""
     plans = dict.fromkeys(plan_for(*entry) for entry in entries)
     counts = range(1, max_references + 1)
-    mentioned = [(n, s, n - s) for n in counts for s in range(n, 0, -1)]
+    mentioned = [(n, n, 0) for n in counts]
     unmentioned = [(n, 0, 0) for n in counts]
     mixed = [(n, s, 0) for n in counts for s in range(n - 1, 0, -1)]
     layouts = [(0, 0, 0), *mentioned, *unmentioned, *mixed]

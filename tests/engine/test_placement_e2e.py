@@ -280,6 +280,34 @@ def test_each_reference_is_applied_in_its_own_tags_region_in_every_adapter_layer
             assert not (a.masks[man] & a.masks[woman]).any(), f"step {call}, {a.layer}: two subjects on one pixel"
 
 
+def test_a_tag_whose_map_has_no_clear_region_applies_everywhere_and_the_logs_say_so(
+    service: ImageService, references: list[Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Through the real pipeline: @woman's tokens draw the same attention from every pixel (an
+    opaque tag's flat map, dented only where the other tags draw theirs), so the rule finds no
+    clear region. Every adapter layer then applies her reference to the whole image, as plain
+    IP-Adapter would; the man and the park keep their regions; and the prediction's logs say so."""
+    monkeypatch.setitem(plans.PLANS, ("720p", "21:9"), WIDE)
+    flat = bands(("woman", 0.0, 1.0, 8.0), ("park", 0.45, 0.7, 8.0), ("man", 0.7, 1.0, 8.0))
+    harness = Harness(service, schedule=lambda _: flat, probe=lambda call: call == STEPS - 1)
+    capsys.readouterr()
+    with harness.installed(monkeypatch):
+        service.predict(Request(PROMPT, "720p", "21:9", reference_tags=TAGS, reference_images=references, seed=1))
+    out = capsys.readouterr().out
+    assert {a.layer for a in harness.applied} == ip_layers(service)
+    woman, man, park = TAGS.index("woman"), TAGS.index("man"), TAGS.index("park")
+    for a in harness.applied:
+        hw = tuple(a.masks.shape[-2:])
+        assert a.masks[woman].all(), f"{a.layer}: @woman's reference is not applied everywhere"
+        # (No tag draws attention in the woman's core band now: what no tag claims, the park's.)
+        assert a.masks[man][core("man", hw)].all(), f"{a.layer}: @man's reference is not in his region"
+        assert not a.masks[man][core("woman", hw) | core("park", hw)].any(), f"{a.layer}: @man's is outside it"
+        assert a.masks[park][core("park", hw) | core("woman", hw)].all(), f"{a.layer}: @park's is not the backdrop"
+        assert not (a.masks[park] & a.masks[man]).any(), f"{a.layer}: @park's reference paints over @man"
+    assert "@woman covers 100% of the image (subject)" in out
+    assert "@woman has no clear region in its attention map, so its reference applies to the whole image" in out
+
+
 LOG_LINE = re.compile(r"^@(\w+) covers (\d+)% of the image \((\w+)\)$", re.MULTILINE)
 
 
@@ -314,6 +342,11 @@ def run_and_report(
     monkeypatch.setattr(service_module, "generate", generate)
     monkeypatch.setattr(service_module, "write_mask_image", write_mask_image)
     monkeypatch.setattr(service, "settings", replace(settings, save_masks=True))
+    # Each step's own maps: the average across steps (RegionConfig.smoothing) damps a planted
+    # layout's move, which these tests need to tell the masks a step applied from the next ones.
+    # tests/test_placement_rule.py tests the average.
+    region = replace(service.config.region, smoothing=0.0)
+    monkeypatch.setattr(service, "config", replace(service.config, region=region))
     capsys.readouterr()
     with harness.installed(monkeypatch):
         service.predict(Request(PROMPT, *entry, reference_tags=TAGS, reference_images=references, seed=3))

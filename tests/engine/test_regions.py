@@ -13,7 +13,7 @@ from harness.injection import OpCounter, injection_runner
 from model.contract.prompt import parse_prompt
 from model.engine.pipeline import load_pipeline, pick_runtime
 from model.engine.placement.binding import Binding, RegionConfig, bind_references
-from model.engine.placement.masks import masks_from_maps
+from model.engine.placement.masks import place
 from model.engine.placement.processors import (
     RegionAwareFusedAttnProcessor2_0,
     TagRegionAttnProcessor,
@@ -112,9 +112,11 @@ def test_planted_maps_give_exclusive_masks() -> None:
     left[:, :2] = 1.0
     right = torch.zeros(4, 6)
     right[:, 4:] = 1.0
-    masks = masks_from_maps(bindings, {1: left, 2: right}, threshold=0.35, hw=(4, 6))
+    park = torch.zeros(4, 6)
+    park[:2, 2:4] = 1.0  # the place now has a map of its own: part of what lies between them
+    masks = place(bindings, torch.stack([park, left, right]), RegionConfig()).masks
     assert torch.equal(masks[1], left) and torch.equal(masks[2], right)
-    assert torch.equal(masks[0], 1 - left - right)  # the place: what no subject claims
+    assert torch.equal(masks[0], 1 - left - right)  # the place: its region and what no subject claims
     assert torch.all(masks.sum(0) == 1)  # every pixel has exactly one owner
 
 
@@ -122,8 +124,7 @@ def test_masks_stay_on_the_maps_device() -> None:
     """On CUDA the maps live on the GPU: every mask tensor must be built there, not on the host.
     The meta device stands in for a second device on a CPU-only machine."""
     bindings = [Binding(0, "park", "place", (9,)), Binding(1, "woman", "subject", (3,)), Binding(2, None, "global")]
-    maps = {1: torch.zeros(4, 6, device="meta")}
-    masks = masks_from_maps(bindings, maps, threshold=0.35, hw=(4, 6))
+    masks = place(bindings, torch.zeros(2, 4, 6, device="meta"), RegionConfig()).masks
     assert masks.device.type == "meta" and masks.shape == (3, 4, 6)
 
 

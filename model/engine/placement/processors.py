@@ -2,9 +2,9 @@
 reference's output restricted to its mask, and region-aware twins of the plain processors.
 
 At every denoising step, the text cross-attention of the anchor layers records, for each tagged
-subject, where its tag's tokens attend (the request's `RegionState` turns that into the next
-step's masks); every IP-Adapter layer applies each reference only inside its mask, resized to the
-layer's resolution.
+subject or place, where its tag's tokens attend (the request's `RegionState` turns that into the
+next step's masks); every IP-Adapter layer applies each reference only inside its mask, resized to
+the layer's resolution.
 """
 
 from __future__ import annotations

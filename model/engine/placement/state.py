@@ -13,7 +13,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 
 from model.engine.placement.binding import Binding, Kind, RegionConfig
-from model.engine.placement.masks import masks_from_maps
+from model.engine.placement.masks import Placement, place
 
 
 @dataclass
@@ -26,7 +26,7 @@ class RegionState:
     steps: int
     latent_hw: tuple[int, int]
     step: int = 0
-    # Sum of the anchor layers' [seq, subjects] maps at the current step, and how many layers.
+    # Sum of the anchor layers' [seq, tagged] maps at the current step, and how many layers.
     _acc: torch.Tensor | None = None
     _acc_layers: int = 0
     anchor_hw: tuple[int, int] | None = None
@@ -35,13 +35,21 @@ class RegionState:
     # The `weights` that the latest step applied (None until a step has): what is reported. The
     # masks made after a pass's last step are used by no step of it (a refine pass applies them).
     applied: torch.Tensor | None = None
+    # What the rule made of the maps (model/engine/placement/masks.py): `made` for `weights`,
+    # `placement` for `applied` (which tags fell back and why, which place was worn): for the logs.
+    made: Placement | None = None
+    placement: Placement | None = None
+    # The maps' average across steps, [tagged, h, w] (RegionConfig.smoothing). Kept here,
+    # between steps: a CUDA graph of a step hands the step's maps out (`recorded_maps`) and the
+    # masks in (`weights`), and never reads this.
+    _smoothed: torch.Tensor | None = None
     # A refine pass carries the base pass's final masks unchanged: no warm-up, no new maps.
     frozen: bool = False
     # Masks per layer size for the current step: ~70 cross-attention layers share 3 sizes.
     _layer_cache: dict[int, torch.Tensor] = field(default_factory=dict)
     # The same masks in the fast path's [seq, n, 1] form, scaled, keyed by layer size and dtype.
     _weight_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
-    # [77, subjects] matrix that averages each subject's tag tokens, built once per device.
+    # [77, tagged] matrix that averages each tagged reference's tokens, built once per device.
     _token_mean: torch.Tensor | None = None
     # [n]: 1 for each global reference, 0 for each tagged one; the masks while tagged ones are off.
     _on: torch.Tensor | None = None
@@ -64,6 +72,7 @@ class RegionState:
             latent_hw=latent_hw,
             anchor_hw=base.anchor_hw,
             weights=base.weights,
+            made=base.made,
             frozen=True,
         )
 
@@ -99,10 +108,11 @@ class RegionState:
         """Whether anchor layers record text attention at this step. A step's maps make the next
         step's masks (the last step's, the refine pass's), and masks are used from the end of
         warm-up on: so the anchors skip that work before the last warm-up step."""
-        return self.step >= self.warmup_steps - 1 and not self.frozen and bool(self.subjects())
+        return self.step >= self.warmup_steps - 1 and not self.frozen and bool(self.mapped())
 
-    def subjects(self) -> list[Binding]:
-        return [b for b in self.bindings if b.kind is Kind.SUBJECT]
+    def mapped(self) -> list[Binding]:
+        """The references whose tag's attention map is recorded: subjects and places."""
+        return [b for b in self.bindings if b.kind is not Kind.GLOBAL]
 
     @property
     def has_global(self) -> bool:
@@ -118,14 +128,15 @@ class RegionState:
         return h, w
 
     def record(self, probs: torch.Tensor, seq_len: int) -> None:
-        """Add an anchor layer's text attention (cond half: [heads, seq, 77]) for each subject."""
+        """Add an anchor layer's text attention (cond half: [heads, seq, 77]) for each tagged
+        reference."""
         self.anchor_hw = self.layer_hw(seq_len)
         mean = probs.mean(dim=0, dtype=torch.float32)  # over heads: [seq, 77]
-        # One matmul averages every subject's tokens: indexing with a Python list of positions
+        # One matmul averages every tagged reference's tokens: indexing with a Python list of positions
         # would copy the index to the GPU and wait for it, in every anchor layer.
         token_mean = self.token_mean(mean.shape[-1], mean.device)
         if self._acc is None:
-            self._acc = mean @ token_mean  # [seq, subjects]
+            self._acc = mean @ token_mean  # [seq, tagged]
         else:
             self._acc.addmm_(mean, token_mean)  # one op: multiply and add in place
         self._acc_layers += 1
@@ -140,11 +151,11 @@ class RegionState:
         self._acc, self._acc_layers, self.anchor_hw = acc, layers, anchor_hw
 
     def token_mean(self, text_len: int, device: torch.device) -> torch.Tensor:
-        """[text_len, subjects]: column j averages subject j's tag tokens. Built by comparing
+        """[text_len, tagged]: column j averages tagged reference j's tokens. Built by comparing
         positions on the device: any tensor made from Python data would be a copy from the host."""
         if self._token_mean is None or self._token_mean.device != device:
             positions = torch.arange(text_len, device=device)
-            columns = [sum((positions == t).float() for t in b.tokens) / len(b.tokens) for b in self.subjects()]
+            columns = [sum((positions == t).float() for t in b.tokens) / len(b.tokens) for b in self.mapped()]
             self._token_mean = torch.stack(columns, dim=1)
         return self._token_mean
 
@@ -159,15 +170,22 @@ class RegionState:
         return self._on
 
     def end_step(self) -> None:
-        """After each denoising step: turn this step's maps into the masks the next step uses."""
+        """After each denoising step: this step's maps, averaged with the earlier steps', make the
+        masks the next step uses (model/engine/placement/masks.py)."""
         if not self.tagged_off:
-            self.applied = self.weights  # this step's masks, before the next step's replace them
+            # This step's masks, before the next step's replace them.
+            self.applied, self.placement = self.weights, self.made
         self.step += 1
         if self._acc is not None and self.anchor_hw is not None:
             h, w = self.anchor_hw
-            acc = self._acc / self._acc_layers
-            maps = {b.index: acc[:, j].reshape(h, w) for j, b in enumerate(self.subjects())}
-            self.weights = masks_from_maps(self.bindings, maps, self.config.threshold, (h, w))
+            maps = (self._acc / self._acc_layers).T.reshape(-1, h, w)  # [tagged, h, w]
+            if self._smoothed is not None:
+                # An average over the steps so far, each step weighing `smoothing` times the next:
+                # left unnormalised, since the rule divides each map by its own maximum.
+                maps = torch.add(maps, self._smoothed, alpha=self.config.smoothing)
+            self._smoothed = maps
+            self.made = place(self.bindings, maps, self.config)
+            self.weights = self.made.masks
         self._acc, self._acc_layers = None, 0
         if not self.frozen and self.step >= self.warmup_steps:
             # The masks change from here on; during warm-up they do not.
