@@ -344,7 +344,7 @@ def run_and_report(
     monkeypatch.setattr(service, "settings", replace(settings, save_masks=True))
     # Each step's own maps: the average across steps (RegionConfig.smoothing) damps a planted
     # layout's move, which these tests need to tell the masks a step applied from the next ones.
-    # tests/test_placement_rule.py tests the average.
+    # tests/engine/test_placement_rule.py tests the average.
     region = replace(service.config.region, smoothing=0.0)
     monkeypatch.setattr(service, "config", replace(service.config, region=region))
     capsys.readouterr()
