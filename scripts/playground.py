@@ -67,6 +67,7 @@ from scripts.playground_client import (  # noqa: E402
     field_of,
     progress,
     prompt_pieces,
+    tag_notes,
     tag_shares,
     used_seed,
     wait_ready,
@@ -239,8 +240,11 @@ def history_view(history: list[dict[str, Any]]) -> str:
     return f"<table>{head}<th>Result</th><th>Time</th></tr>{''.join(rows)}</table>"
 
 
-def shares_view(order: list[int], form: Form, shares: dict[str, tuple[int, str]], masks: bool) -> str:
-    """Each reference, in its colour, with where it applied and its share of the image."""
+def shares_view(
+    order: list[int], form: Form, shares: dict[str, tuple[int, str]], notes: dict[str, str], masks: bool
+) -> str:
+    """Each reference, in its colour, with where it applied, its share of the image, and what the
+    placement rule said of it (a fallback to the whole image, a worn place)."""
     rows = []
     for index, slot in enumerate(order):
         tag = form.tags[slot].strip()
@@ -249,6 +253,8 @@ def shares_view(order: list[int], form: Form, shares: dict[str, tuple[int, str]]
             share, kind = shares[tag]
             where = f'{kind}: <span class="share-bar" style="width:{2 * share}px;background:{colour(index)}"></span> '
             where += f'<b class="share">{share}%</b> of the image'
+            if tag in notes:
+                where += f'<div class="share-note">{html.escape(notes[tag])}</div>'
         else:
             where = "global: applies to the whole image (not mentioned, or nothing to place it against)"
         swatch = f'<span class="swatch" style="background:{colour(index)}"></span>'
@@ -476,7 +482,7 @@ class Playground:
             ),
             ui["output"]: image_view(path, "the output, at full size"),
             ui["masks"]: image_view(mask_path, "each reference's mask in its colour") if mask_path else "",
-            ui["shares"]: shares_view(order, form, found, masks is not None),
+            ui["shares"]: shares_view(order, form, found, tag_notes(text), masks is not None),
             ui["history_view"]: history_view(record),
             ui["history"]: record,
             ui["last_seed"]: seed,

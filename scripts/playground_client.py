@@ -32,6 +32,13 @@ FIELDS = ("prompt", "resolution", "aspect_ratio", "seed", "reference_tags", "ref
 _PERCENT_RE = re.compile(r"^(\d{1,3})%$", re.M)
 _SEED_RE = re.compile(r"^Using seed: (\d+)$", re.M)
 _SHARE_RE = re.compile(r"^@([A-Za-z][A-Za-z0-9]*) covers (\d+)% of the image \((\w+)\)$", re.M)
+# What the placement rule did beyond placing a tag (model/engine/placement/report.py): a fallback
+# to the whole image, two tags it cannot tell apart, a place that is worn.
+_NOTE_RE = re.compile(
+    r"^@([A-Za-z][A-Za-z0-9]*) (?:and @([A-Za-z][A-Za-z0-9]*) )?"
+    r"(?:has no clear region|cannot be told apart|lies on a subject)\b.*$",
+    re.M,
+)
 # A model error arrives wrapped ("Prediction failed: ... InputError: reference_tags[1]: ...").
 _FIELD_RE = re.compile(rf"(?:^|: )((?:{'|'.join(FIELDS)})(?:\[(\d+)\])?: .*)$", re.S)
 
@@ -182,6 +189,16 @@ def used_seed(logs: str) -> int | None:
 def tag_shares(logs: str) -> dict[str, tuple[int, str]]:
     """Each placed tag's share of the image in percent, and its kind (subject or place)."""
     return {tag: (int(share), kind) for tag, share, kind in _SHARE_RE.findall(logs)}
+
+
+def tag_notes(logs: str) -> dict[str, str]:
+    """The placement rule's note for each tag it did more than place, by tag (both tags of a
+    pair it cannot tell apart)."""
+    notes: dict[str, str] = {}
+    for match in _NOTE_RE.finditer(logs):
+        for tag in filter(None, match.groups()):
+            notes[tag] = match.group(0)
+    return notes
 
 
 @dataclass(frozen=True)
