@@ -189,13 +189,14 @@ def test_bad_input_ends_clearly_and_the_next_prediction_succeeds(cog_server: Cog
 
 
 def test_a_reference_url_that_cannot_be_fetched_fails_and_names_it(cog_server: CogServer) -> None:
-    """127.0.0.1 port 9 (discard) refuses: Cog's own download fails before run(), and coglet's
-    message names the URL (not the field: that message is coglet's, not ours)."""
+    """127.0.0.1 port 9 (discard) refuses (the tests' servers may fetch from loopback): the model's
+    own download (model/serving/fetch.py) fails before any model work, naming the field and the URL."""
     url = "http://127.0.0.1:9/woman.png"
     response = cog_server.predict({"prompt": "@woman", "reference_tags": ["woman"], "reference_images": [url]})
     body = response.json()
     assert response.status_code == 200 and body["status"] == "failed", body
     assert "127.0.0.1" in body["error"] and "/woman.png" in body["error"], body["error"]
+    assert "reference_images[0] (@woman)" in body["error"], body["error"]
     assert cog_server.predict(NEXT).json()["status"] == "succeeded"
 
 
