@@ -36,6 +36,7 @@ from PIL import Image  # noqa: E402
 
 from model.engine.pipeline import pick_runtime  # noqa: E402
 from model.serving.safety import SafetyChecker  # noqa: E402
+from scripts.bench.common import emit_json  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -113,11 +114,7 @@ def main() -> None:
         child = subprocess.run(command, capture_output=True, text=True, check=True)
         result = json.loads(child.stdout.strip().splitlines()[-1])
     result["weights"] = "published size, random values" if args.weights_dir is None else str(args.weights_dir)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":
