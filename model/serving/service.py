@@ -17,7 +17,7 @@ import gc
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -213,7 +213,7 @@ class ImageService:
         """Generate each job once (no output file, no prediction logs), so that what is compiled or
         captured on first use meets those shapes now rather than in a user's request. Returns how
         many jobs ran to their end: fewer when `should_stop` said stop between two steps."""
-        config = GenerationConfig(**{**self.config.__dict__, "steps": steps})
+        config = replace(self.config, steps=steps)
         for done, job in enumerate(jobs):
             prepared = self.prepare(parse_prompt(job.prompt), job.tags, job.plan)
             references = self.encoder.encode([WARMUP_IMAGE] * job.references)
